@@ -1,0 +1,43 @@
+# Two commands for a fresh machine (see README): `make demo` and `make test`.
+# Both create .venv and install into it first (once; again when pyproject.toml changes).
+PYTHON      ?= python3
+VENV        ?= .venv
+# A CPU build of torch is installed FIRST so that nothing pulls the multi-GB CUDA build.
+# On a machine without a local CPU wheel: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# On a GPU machine: make demo TORCH=torch  (or install your CUDA torch into .venv beforehand).
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN          = $(VENV)/bin
+STAMP        = $(VENV)/.installed
+
+.PHONY: install demo test lint format bench clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job at CPU scale: a smoke run on real Breakout (a few minutes on 2 cores).
+demo: $(STAMP)
+	$(BIN)/python train.py --env Breakout --agent random --preset smoke
+
+## The whole test suite (CPU only).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/env_throughput.py

@@ -1,0 +1,1 @@
+"""Environments: real Atari (``atari``), the learned world as an env (``dream``), fakes for tests."""

@@ -1,0 +1,128 @@
+"""Train an agent in a learned world model of an Atari game.
+
+    python train.py --env Breakout --world diffusion              # the published scale (CUDA)
+    python train.py --env Breakout --agent random --preset smoke  # a few minutes on a CPU
+    python train.py --resume runs/<name>                          # continue after a crash
+
+``--help`` lists the valid games, worlds, agents, presets and protocols.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from worldmodels import config as C
+from worldmodels.cli import (
+    Parser,
+    add_config_flags,
+    choices_epilog,
+    overrides_from,
+    run_main,
+    setup_process,
+)
+from worldmodels.errors import UserError
+
+
+def parse(argv):
+    p = Parser(
+        prog="train.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=choices_epilog(),
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--world", help="world model (default: none, i.e. only collect and test)")
+    add_config_flags(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from worldmodels.build import build_agent, env_factory, env_info_of
+    from worldmodels.replay import ReplayStore
+    from worldmodels.runs import RunDir, default_run_name, versions
+    from worldmodels.schedule import OnlineSchedule
+    from worldmodels.tb import TBLogger
+
+    if args.resume:
+        given = [f for f in ("env", "world", "agent", "seed", "name") if getattr(args, f)]
+        if given or args.overrides or args.preset != "atari100k" or args.protocol != "atari100k":
+            raise UserError(
+                "--resume continues a run with its own config.yaml; drop "
+                + ", ".join(f"--{f}" for f in given or ["--set/--preset/--protocol"])
+                + " (only --device may change)"
+            )
+        run = RunDir.open(args.resume)
+        cfg = C.load_run_config(run.config)
+        if args.device:
+            cfg = C.build({**C.to_dict(cfg), "run": {**C.to_dict(cfg.run), "device": args.device}})
+    else:
+        cfg = C.resolve(
+            env=args.env,
+            protocol=args.protocol,
+            world=args.world,
+            agent=args.agent,
+            preset=args.preset,
+            overrides=overrides_from(args),
+        )
+        name = cfg.run.name or default_run_name(
+            cfg.env.game,
+            None if cfg.world is None else cfg.world.name,
+            cfg.agent.name,
+            cfg.preset,
+            cfg.run.seed,
+        )
+        tree = C.to_dict(cfg)
+        tree["run"]["name"] = name
+        cfg = C.build(tree)
+        run = RunDir.create(Path(cfg.run.runs_dir) / name)
+        run.write_config(C.dump(cfg))
+
+    device = setup_process(cfg.run)
+    make_env = env_factory(cfg.env)
+    store = ReplayStore(run.episodes)
+    logger = TBLogger(str(run.tb))
+    schedule = None
+    try:
+        probe = make_env("train", 1)
+        info = env_info_of(probe)
+        probe.close()
+        agent = build_agent(cfg.agent, info, seed=cfg.run.seed, device=device)
+        ver = versions()
+        schedule = OnlineSchedule(
+            cfg,
+            run,
+            agent=agent,
+            world=None,
+            store=store,
+            make_env=make_env,
+            logger=logger,
+            device=device,
+            versions=ver,
+        )
+        run.record_session(
+            {
+                "argv": sys.argv,
+                "device": str(device),
+                "env_spec": schedule.env_spec,
+                "versions": ver,
+            }
+        )
+        if args.resume:
+            schedule.restore()
+        else:
+            logger.text("config", "```\n" + C.dump(cfg) + "\n```")
+            print(f"run directory: {run.root}")
+        schedule.run()
+    finally:
+        if schedule is not None:
+            schedule.close()
+        else:
+            logger.close()
+    print(f"done: {run.root} (tensorboard --logdir {run.tb.parent} --host 127.0.0.1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

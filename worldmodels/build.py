@@ -1,0 +1,38 @@
+"""Wiring: from a resolved Config to live objects (envs, agents, worlds). Entry points only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from envs.atari import AtariVecEnv, make_atari_env
+from envs.atari_config import AtariConfig
+from worldmodels.config import Choice
+from worldmodels.interfaces import EnvInfo
+from worldmodels.registry import AGENTS
+from worldmodels.seeding import derive_seed
+
+
+def env_factory(config: AtariConfig) -> Callable[[str, int], AtariVecEnv]:
+    """``make(mode, num_envs)`` for this protocol."""
+
+    def make(mode: str, num_envs: int) -> AtariVecEnv:
+        return make_atari_env(config, num_envs, mode)  # type: ignore[arg-type]
+
+    return make
+
+
+def env_info_of(env: AtariVecEnv) -> EnvInfo:
+    return EnvInfo(
+        num_actions=env.num_actions,
+        obs_shape=tuple(env.obs_shape),  # type: ignore[arg-type]
+        action_meanings=tuple(env.action_meanings),
+    )
+
+
+def build_agent(choice: Choice, env_info: EnvInfo, *, seed: int, device: torch.device) -> Any:
+    """The registered agent class, built from its config and moved to ``device``."""
+    cls = AGENTS.get(choice.name)
+    return cls(choice.config, env_info, seed=derive_seed(seed, "agent")).to(device)

@@ -1,0 +1,117 @@
+"""Pieces shared by ``train.py`` and ``evaluate.py``: flags, process setup, error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from worldmodels import config as C
+from worldmodels.errors import UserError
+from worldmodels.registry import AGENTS, WORLDS
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the whole usage block by default)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def choices_epilog() -> str:
+    from envs.atari import ATARI100K_GAMES
+
+    worlds = ", ".join(WORLDS.names()) or "(none registered yet)"
+    return "\n".join(
+        [
+            "valid choices:",
+            f"  --env       {', '.join(ATARI100K_GAMES)}",
+            "              (the Atari 100k games) or any other ALE game by name, e.g. Tennis, ms_pacman",
+            f"  --protocol  {', '.join(C.available('env'))}",
+            f"  --world     {worlds}",
+            f"  --agent     {', '.join(AGENTS.names())}",
+            f"  --preset    {', '.join(C.available('preset'))}",
+            "",
+            "--set overrides any config key, e.g. --set schedule.epochs=10 --set env.noop_max=0",
+            "(the resolved config of a run is in runs/<name>/config.yaml).",
+        ]
+    )
+
+
+def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str = "atari100k") -> None:
+    p.add_argument("--env", help="Atari game, e.g. Breakout (default: Breakout)")
+    p.add_argument("--protocol", default="atari100k", help="env protocol (default: atari100k)")
+    p.add_argument("--agent", help="agent (default: the world's default agent, else random)")
+    p.add_argument(
+        "--preset", default=default_preset, help=f"scale preset (default: {default_preset})"
+    )
+    p.add_argument("--seed", type=int, help="seed of every RNG (default: 0)")
+    p.add_argument("--device", help="auto (cuda if available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--name", help="run directory name under runs/ (default: derived)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set schedule.epochs=10 (repeatable)",
+    )
+
+
+def overrides_from(args: argparse.Namespace) -> list[str]:
+    """Turn the shortcut flags into ``--set`` overrides (applied before the explicit ones)."""
+    out = []
+    if args.seed is not None:
+        out.append(f"run.seed={args.seed}")
+    if args.device is not None:
+        out.append(f"run.device={args.device}")
+    if args.name is not None:
+        out.append(f"run.name={args.name}")
+    return out + list(args.overrides)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (valid: auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but no CUDA device is available (use cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r} (valid: auto, cpu, cuda, cuda:N)")
+    return device
+
+
+def setup_process(run: C.RunConfig) -> torch.device:
+    """Process-wide switches, set once here from config: threads, TF32, seeds."""
+    from worldmodels.seeding import seed_everything
+
+    device = resolve_device(run.device)
+    threads = run.threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = run.tf32
+        torch.backends.cudnn.allow_tf32 = run.tf32
+    seed_everything(run.seed)
+    return device
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv=None) -> int:
+    """Call ``main``; a UserError becomes one line on stderr and exit status 2."""
+    try:
+        return main(argv) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the last checkpoint and every finished episode are on disk",
+            file=sys.stderr,
+        )
+        return 130

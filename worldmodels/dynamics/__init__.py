@@ -1,0 +1,1 @@
+"""Stage 2 dynamics models. Importing this package registers the built-ins."""

@@ -1,0 +1,1 @@
+"""Stage 1 encoders (observation -> latent). Importing this package registers the built-ins."""

@@ -1,0 +1,113 @@
+"""The contracts between stages: what an encoder, a dynamics model, a world and an agent promise.
+
+Shape vocabulary (used in every docstring of the project): ``B`` batch, ``T`` time, ``C, H, W``
+image, ``K`` tokens per frame, ``D`` features. Pixels travel as ``uint8`` in ``[0, 255]``,
+channel-first ``(C, H, W)``; models convert to float in ``[-1, 1]`` themselves.
+
+Every trainable stage has the same contract, ``loss(batch) -> (loss, logs)``, so one generic update
+trains them all (DIAMOND's design). Any agent trains in any world through ``DreamEnv``, which has
+the same ``reset/step`` conventions as the real vector env in ``envs/atari.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+class Batch(NamedTuple):
+    """Segments of real experience, as returned by ``worldmodels.replay.SegmentSampler``.
+
+    Row ``t`` of a segment holds the observation ``obs[t]``, the action taken there ``act[t]``, the
+    reward that action earned ``rew[t]``, and whether that transition ended (``end``, the next
+    observation is terminal) or was cut (``trunc``) the episode. The final observation of an
+    episode is a row of its own with ``act = 0, rew = 0, end = trunc = False``. ``mask[t]`` is
+    False on padding rows (before an episode's start or after its final observation), whose
+    contents are zeros. A transition ``t -> t + 1`` is real data where ``mask[t + 1]`` is True.
+    """
+
+    obs: Tensor  # (B, T, C, H, W) uint8
+    act: Tensor  # (B, T) int64
+    rew: Tensor  # (B, T) float32, raw game reward (sign-clip inside the losses, not here)
+    end: Tensor  # (B, T) bool
+    trunc: Tensor  # (B, T) bool
+    mask: Tensor  # (B, T) bool
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(*(x.to(device, non_blocking=non_blocking) for x in self))
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What a component may know about the environment it is built for."""
+
+    num_actions: int
+    obs_shape: tuple[int, int, int]  # (C, H, W) of the uint8 pixel observations
+    action_meanings: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """Stage 3: a policy that acts in the real env and trains in a learned one.
+
+    An agent is a ``torch.nn.Module`` (so its weights go into checkpoints) with a registered
+    ``Config`` dataclass, built as ``AgentClass(config, env_info, seed=...)``. Recurrent state is
+    reset where ``first`` is True, which is how the agent learns that a new episode began.
+    """
+
+    registry_name: ClassVar[str]
+    observes: ClassVar[Literal["pixels", "features"]]
+
+    def initial_state(self, batch_size: int, device: torch.device | str) -> Any:
+        """The recurrent state for ``batch_size`` fresh episodes (``None`` if stateless)."""
+        ...
+
+    def act(
+        self, obs: Tensor, state: Any, first: Tensor, *, greedy: bool = False
+    ) -> tuple[Tensor, Any]:
+        """Actions ``(B,) int64`` for observations ``(B, C, H, W) uint8`` (or features ``(B, D)``).
+
+        ``first`` ``(B,) bool`` marks observations that start an episode.
+        """
+        ...
+
+    def train_in_imagination(self, dream: Any) -> dict[str, float]:
+        """One round of updates inside a ``DreamEnv``; returns scalars to log."""
+        ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Stage 1: observations -> latents, and back."""
+
+    latent_kind: ClassVar[Literal["pixels", "continuous", "tokens"]]
+
+    def encode(self, obs: Tensor) -> Tensor:
+        """``(B, C, H, W)`` uint8 -> latent (shape depends on the latent kind)."""
+        ...
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent -> ``(B, C, H, W)`` float in ``[-1, 1]``."""
+        ...
+
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
+
+
+@runtime_checkable
+class Dynamics(Protocol):
+    """Stage 2: predicts the next latent, the reward and the end of the episode."""
+
+    accepts: ClassVar[frozenset[str]]  # latent kinds it can model
+
+    def loss(self, batch: Batch, encoder: Encoder) -> tuple[Tensor, dict[str, float]]: ...
+
+    def start(self, ctx: Batch) -> Any:
+        """Burn in on real context frames; returns the imagination state."""
+        ...
+
+    def step(self, state: Any, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor]:
+        """``(state, action (B,))`` -> ``(state, next latent, reward (B,), end (B,))``."""
+        ...

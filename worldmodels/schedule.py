@@ -1,0 +1,275 @@
+"""The online schedule (IRIS / DIAMOND): initial collection, then epochs of
+collect -> train each stage -> train the agent in imagination, with real test episodes and a
+checkpoint along the way. Each step is a method; ``run`` only sequences them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
+from worldmodels.config import Config, to_dict
+from worldmodels.replay import ReplayStore
+from worldmodels.results import results_record, summary_line, write_results
+from worldmodels.runs import RunDir
+from worldmodels.scores import human_normalized
+from worldmodels.seeding import derive_seed, global_rng_state, set_global_rng_state
+from worldmodels.tb import TBLogger, progress
+
+
+@dataclass
+class Counters:
+    """Where the run stands; saved in every checkpoint and restored by ``--resume``."""
+
+    epoch: int = 0  # completed epochs
+    env_steps: int = 0  # real agent steps taken, summed over the collection envs
+    initial_collect_done: bool = False
+    replay_episodes: int = 0  # finished episodes in replay when the checkpoint was written
+    resumes: int = 0
+
+
+class OnlineSchedule:
+    """Sequences the stages of an online run and owns its checkpoints."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDir,
+        *,
+        agent: torch.nn.Module,
+        world: torch.nn.Module | None,
+        store: ReplayStore,
+        make_env: Callable[[str, int], Any],
+        logger: TBLogger,
+        device: torch.device,
+        versions: dict[str, Any],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run
+        self.agent = agent
+        self.world = world
+        self.store = store
+        self.make_env = make_env
+        self.logger = logger
+        self.device = device
+        self.versions = versions
+        self.log = log
+        self.counters = Counters()
+        self.train_env = make_env("train", cfg.schedule.num_envs)
+        self.env_spec = self.train_env.spec()
+        self.test_env_spec: dict[str, Any] = {}
+        self.collector = self._new_collector()
+
+    # ---------------------------------------------------------------- building blocks
+
+    def _new_collector(self) -> Collector:
+        seed = derive_seed(self.cfg.run.seed, "collect", self.counters.resumes)
+        return Collector(
+            self.train_env,
+            self.store,
+            epsilon=self.cfg.schedule.collect_epsilon,
+            seed=seed,
+            device=self.device,
+        )
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        modules = {"agent": self.agent}
+        if self.world is not None:
+            modules["world"] = self.world
+        return modules
+
+    def _log_collect(self, stats: CollectStats, prefix: str = "collect") -> None:
+        step = self.counters.env_steps
+        fps = stats.steps_per_s
+        self.logger.scalars(
+            {
+                "steps_per_s": fps,
+                "frames_per_s": fps * self.cfg.env.frame_skip,
+                "episodes": stats.episodes,
+                "nonzero_rewards": stats.nonzero_rewards,
+            },
+            step,
+            prefix=f"{prefix}/",
+        )
+        if stats.episode_returns:
+            self.logger.scalar(f"{prefix}/episode_return", np.mean(stats.episode_returns), step)
+            self.logger.scalar(f"{prefix}/episode_length", np.mean(stats.episode_lengths), step)
+        if stats.game_returns:
+            self.logger.scalar(f"{prefix}/game_return", np.mean(stats.game_returns), step)
+        self.logger.scalars(
+            {"episodes": len(self.store), "steps": self.store.num_steps}, step, prefix="replay/"
+        )
+
+    def collect(self, steps: int, *, initial: bool = False) -> CollectStats:
+        s = self.cfg.schedule
+        if initial:
+            stats = self.collector.collect(
+                self.agent,
+                steps,
+                min_nonzero_rewards=s.initial_collect_min_rewards,
+                max_steps=max(0, s.initial_collect_max_steps - self.counters.env_steps),
+                show_progress=self.cfg.run.progress,
+                desc="initial collection",
+            )
+        else:
+            stats = self.collector.collect(self.agent, steps)
+        self.counters.env_steps += stats.steps
+        self._log_collect(stats)
+        return stats
+
+    def test(self, episodes: int, *, tag: str = "test", video: bool = False) -> TestResult:
+        """Real test-mode episodes with the current agent; logs returns, HNS and a video."""
+        e = self.cfg.eval
+        env = self.make_env("test", min(e.num_envs, episodes))
+        self.test_env_spec = env.spec()
+        try:
+            result = play_test_episodes(
+                self.agent,
+                env,
+                episodes,
+                seed=derive_seed(self.cfg.run.seed, "test", self.counters.epoch),
+                device=self.device,
+                epsilon=e.epsilon,
+                greedy=e.greedy,
+                video_max_frames=e.video_max_frames if (video and e.video) else 0,
+                show_progress=self.cfg.run.progress,
+            )
+        finally:
+            env.close()
+        step = self.counters.env_steps
+        self.logger.scalars(
+            {
+                "return_mean": result.mean,
+                "return_std": float(np.std(result.returns)),
+                "episode_length": float(np.mean(result.lengths)),
+                "steps_per_s": result.steps / max(result.seconds, 1e-9),
+            },
+            step,
+            prefix=f"{tag}/",
+        )
+        hns = human_normalized(self.cfg.env.game, result.mean)
+        if hns is not None:
+            self.logger.scalar(f"{tag}/hns", hns, step)
+        if result.video is not None:
+            self.logger.video(f"{tag}/episode", result.video, step)
+        self.logger.flush()
+        return result
+
+    def _test_due(self) -> bool:
+        every = self.cfg.schedule.test_every
+        return every > 0 and self.counters.epoch % every == 0
+
+    def _video_due(self) -> bool:
+        every = self.cfg.schedule.video_every
+        return every > 0 and self.counters.epoch % every == 0
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def checkpoint(self) -> None:
+        self.counters.replay_episodes = len(self.store)
+        name = f"epoch_{self.counters.epoch:06d}"  # epoch 0: after the initial collection
+        state = {
+            "counters": dataclasses.asdict(self.counters),
+            "collector": self.collector.state_dict(),
+            "rng": global_rng_state(),
+        }
+        meta = {
+            "agent": self.cfg.agent.name,
+            "world": None if self.cfg.world is None else self.cfg.world.name,
+            "counters": dataclasses.asdict(self.counters),
+            "config": to_dict(self.cfg),
+        }
+        save_checkpoint(
+            self.run_dir.checkpoints,
+            name,
+            modules=self._modules(),
+            state=state,
+            meta=meta,
+            keep=self.cfg.schedule.keep_checkpoints,
+        )
+        self.logger.flush()
+
+    def restore(self) -> None:
+        """Continue from the newest checkpoint (or from scratch if the run died before the first).
+
+        Episodes that finished after that checkpoint are on disk and stay in replay; their steps
+        are added to the step counter, so the real-experience budget stays honest. Episodes that
+        had not finished when the process died are lost: a real game cannot be restored.
+        """
+        path = latest_checkpoint(self.run_dir.checkpoints)
+        if path is not None:
+            state, _ = load_checkpoint(path, self._modules(), map_location=self.device)
+            self.counters = Counters(**state["counters"])
+            set_global_rng_state(state["rng"])
+            saved_collector = state["collector"]
+        else:
+            saved_collector = None
+        self.counters.resumes += 1
+        later = self.store.lengths()[self.counters.replay_episodes :]
+        self.counters.env_steps += int(later.sum())
+        self.collector = self._new_collector()
+        if saved_collector is not None:
+            self.collector.load_state_dict(saved_collector)
+        where = path.name if path is not None else "the start (no checkpoint yet)"
+        self.log(
+            f"resuming from {where}: epoch {self.counters.epoch}, {self.counters.env_steps} env "
+            f"steps, {len(self.store)} episodes in replay ({len(later)} written after it)"
+        )
+
+    # ---------------------------------------------------------------- the schedule
+
+    def run(self) -> dict[str, Any]:
+        s = self.cfg.schedule
+        if not self.counters.initial_collect_done:
+            steps = min(s.initial_collect_steps, s.env_steps_budget) - self.counters.env_steps
+            self.collect(max(0, steps), initial=True)
+            self.counters.initial_collect_done = True
+            self.checkpoint()
+        bar = progress(total=s.epochs, desc="epochs", enabled=self.cfg.run.progress, unit="epoch")
+        bar.update(self.counters.epoch)
+        while self.counters.epoch < s.epochs:
+            budget_left = s.env_steps_budget - self.counters.env_steps
+            if budget_left > 0:
+                self.collect(min(s.collect_steps_per_epoch, budget_left))
+            self.counters.epoch += 1
+            self.logger.scalar("progress/epoch", self.counters.epoch, self.counters.env_steps)
+            last = self.counters.epoch == s.epochs
+            if self._test_due() and not last:
+                self.test(s.test_episodes, video=self._video_due())
+            if last or self.counters.epoch % max(s.checkpoint_every, 1) == 0:
+                self.checkpoint()
+            bar.update(1)
+        bar.close()
+        return self.final_test()
+
+    def final_test(self) -> dict[str, Any]:
+        """The score of the run: ``eval.episodes`` real test episodes, written to results.json."""
+        result = self.test(self.cfg.eval.episodes, tag="final", video=True)
+        record = results_record(
+            result,
+            game=self.cfg.env.game,
+            seed=self.cfg.run.seed,
+            agent=self.cfg.agent.name,
+            world=None if self.cfg.world is None else self.cfg.world.name,
+            env_spec=self.test_env_spec,
+            protocol=self.cfg.env.protocol_values(),
+            versions=self.versions,
+            config=to_dict(self.cfg),
+            checkpoint=str(latest_checkpoint(self.run_dir.checkpoints)),
+            env_steps=self.counters.env_steps,
+        )
+        write_results(self.run_dir.results, record)
+        self.log(summary_line(record))
+        return record
+
+    def close(self) -> None:
+        self.train_env.close()
+        self.logger.close()

@@ -1,0 +1,1 @@
+"""World compositions (encoder + dynamics + reward/end). Importing this package registers them."""
