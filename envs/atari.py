@@ -30,11 +30,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import json
 import operator
 import os
 import re
-from importlib import resources
 from typing import Literal, NamedTuple
 
 import ale_py
@@ -47,6 +45,7 @@ from ale_py.vector_env import AtariVectorEnv as _AleVectorEnv
 
 from envs.atari_config import AtariConfig
 from worldmodels.errors import UserError, choices
+from worldmodels.scores import reference_scores
 
 Mode = Literal["train", "test"]
 MODES = ("train", "test")
@@ -55,12 +54,7 @@ POOL_ORDERS = ("max_then_resize", "resize_then_max")
 _MAX_SEED = 2**31 - 1  # ALE seeds are C ints; negative means "pick one at random"
 
 
-def _load_atari100k_games() -> tuple[str, ...]:
-    text = resources.files("worldmodels").joinpath("reference/atari100k_scores.json").read_text()
-    return tuple(json.loads(text)["games"])
-
-
-ATARI100K_GAMES: tuple[str, ...] = _load_atari100k_games()
+ATARI100K_GAMES: tuple[str, ...] = tuple(reference_scores())
 """The 26 games of the Atari 100k benchmark, spelled as in ``reference/atari100k_scores.json``."""
 
 
