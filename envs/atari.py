@@ -370,11 +370,13 @@ def _check_config(config: AtariConfig) -> None:
         raise bad("backend", config.backend, f"one of {choices(BACKENDS)}")
 
 
-def _pick_backend(config: AtariConfig) -> str:
+def _pick_backend(config: AtariConfig, num_envs: int) -> str:
     # The C++ env max-pools the raw frames before resizing; IRIS's order needs the Python loop.
     vector_fits = not (config.max_pool and config.pool_order == "resize_then_max")
     if config.backend == "auto":
-        return "vector" if vector_fits else "python"
+        # With one game the C++ env's thread hand-off costs more than it saves (bench/
+        # env_throughput.py on 2 cores: ~740 vs ~1,000 steps/s); both backends give equal frames.
+        return "vector" if vector_fits and num_envs > 1 else "python"
     if config.backend == "vector" and not vector_fits:
         raise UserError(
             "backend=vector cannot do pool_order=resize_then_max (ale-py's C++ env max-pools the "
@@ -402,7 +404,7 @@ class AtariVecEnv:
         self.mode: Mode = mode
         self.num_envs = int(num_envs)
         self.game, self.rom = resolve_game(config.game)
-        self.backend = _pick_backend(config)
+        self.backend = _pick_backend(config, self.num_envs)
         if self.backend == "vector":
             self._impl: _VectorBackend | _PythonBackend = _VectorBackend(
                 self.rom, config, self.num_envs, num_threads

@@ -262,8 +262,10 @@ def test_resize_then_max_needs_python():
     iris = make(2, pool_order="resize_then_max")
     diamond = make(2, backend="python")
     assert iris.backend == "python"
-    with make(1, max_pool=False) as no_pool:
+    with make(2, max_pool=False) as no_pool:
         assert no_pool.backend == "vector"
+    with make(1) as single:
+        assert single.backend == "python"  # one game: the Python loop is faster
     with iris, diamond:
         a, b = play(iris, 100, seed=2), play(diamond, 100, seed=2)
     assert torch.equal(a["rew"], b["rew"])  # the same game
