@@ -519,3 +519,26 @@ def test_seeded_sampler_repeats_and_state_dict_continues_the_stream():
     resumed.load_state_dict(restored)
     for want in expected:
         _assert_batches_equal(resumed.sample(16), want)
+
+
+def test_end_before_final_never_ends_a_segment_on_the_final_observation():
+    store = ReplayStore(None)
+    for e, length in enumerate((1, 2, 5, 9)):
+        obs = np.zeros((length + 1, 1, 2, 2), np.uint8)
+        obs[:, 0, 0, 0] = np.arange(length + 1)  # row index
+        obs[:, 0, 0, 1] = e  # episode index
+        store.add(
+            Episode(obs, np.zeros(length, np.int64), np.zeros(length, np.float32), True, False)
+        )
+    sampler = SegmentSampler(store, 4, pad_left=3, end_before_final=True, seed=1)
+    lengths = store.lengths()
+    last_rows = {e: set() for e in range(len(store))}
+    for _ in range(100):
+        batch = sampler.sample(16)
+        assert batch.mask[:, -1].all()  # the start frame is always real
+        for row, e in batch.obs[:, -1, 0, 0, :2].tolist():
+            last_rows[e].add(row)
+    for e, rows in last_rows.items():  # every transition row is reachable, the final one never
+        assert rows == set(range(lengths[e])), (e, rows)
+    with pytest.raises(ValueError, match="pad_right"):
+        SegmentSampler(store, 4, pad_right=1, end_before_final=True)

@@ -111,3 +111,35 @@ class Dynamics(Protocol):
     def step(self, state: Any, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor]:
         """``(state, action (B,))`` -> ``(state, next latent, reward (B,), end (B,))``."""
         ...
+
+
+@runtime_checkable
+class World(Protocol):
+    """An encoder, a dynamics model and a reward/end model, composed; what ``DreamEnv`` steps.
+
+    A world is a ``torch.nn.Module`` with a registered ``Config``, built as
+    ``WorldClass(config, env_info)``. Its trainable parts are ``stages()``, each trained by the
+    generic ``worldmodels.training.StageTrainer`` on replay segments. Imagination state is a dict
+    of tensors whose first dimension is the batch, so that ``DreamEnv`` can replace the rows of
+    finished trajectories with ``torch.where`` and never synchronise with the host.
+    """
+
+    registry_name: ClassVar[str]
+    context_len: int  # real frames an imagined trajectory starts from (the last is its first obs)
+    num_actions: int
+    obs_shape: tuple[int, int, int]
+
+    def stages(self) -> dict[str, Any]:
+        """``name -> worldmodels.training.Stage``, in training order."""
+        ...
+
+    def imagine_start(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[dict, Tensor]:
+        """Burn in on real context rows: obs ``(B, T0, C, H, W)`` uint8, act ``(B, T0)`` int64
+        (``act[:, -1]`` is ignored: the agent chooses it), mask ``(B, T0)`` bool (False on padding).
+        Returns the state and the first observation ``(B, C, H, W)`` uint8 (the last context frame)."""
+        ...
+
+    def imagine_step(self, state: dict, action: Tensor) -> tuple[dict, Tensor, Tensor, Tensor]:
+        """``action (B,) int64`` -> ``(state, obs (B, C, H, W) uint8, reward (B,) float32,
+        end (B,) bool)``."""
+        ...

@@ -350,6 +350,9 @@ class SegmentSampler:
     uniformly inside it. Buckets left empty (``n < k``) are dropped and the remaining weights
     renormalised; if all of those are zero, episodes are drawn uniformly. The store may grow
     between calls; every ``sample`` sees its current episodes.
+
+    ``end_before_final`` (with ``pad_right = 0``) keeps the final observation out of the last row:
+    segments used as imagination contexts end on a frame where the episode goes on.
     """
 
     def __init__(
@@ -360,8 +363,11 @@ class SegmentSampler:
         pad_left: int = 0,
         pad_right: int = 0,
         recency_weights: Sequence[float] | None = None,
+        end_before_final: bool = False,
         seed: int = 0,
     ) -> None:
+        if end_before_final and pad_right:
+            raise ValueError("end_before_final needs pad_right = 0")
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         for name, pad in (("pad_left", pad_left), ("pad_right", pad_right)):
@@ -372,6 +378,9 @@ class SegmentSampler:
         self.seq_len = int(seq_len)
         self.pad_left = int(pad_left)
         self.pad_right = int(pad_right)
+        # Imagination starts from the last row of a context: never let it be a final (terminal)
+        # observation, from which there is nothing to imagine.
+        self.end_before_final = bool(end_before_final)
         self.recency_weights: np.ndarray | None = None
         if recency_weights is not None:
             w = np.asarray(recency_weights, dtype=np.float64)
@@ -416,7 +425,7 @@ class SegmentSampler:
         eps = self._episode_indices(n, B)  # (B,)
         lengths = all_lengths[eps]  # (B,) transitions; rows 0..length are real
         lo = np.full(B, -self.pad_left)
-        hi = lengths + 1 - T + self.pad_right
+        hi = lengths + 1 - T + self.pad_right - int(self.end_before_final)
         short = hi < lo  # too short to fill a segment: keep the whole episode inside it
         starts = self._rng.integers(np.where(short, hi, lo), np.where(short, lo, hi) + 1)  # (B,)
 

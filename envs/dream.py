@@ -1,0 +1,109 @@
+"""``DreamEnv``: a learned world stepped like the real vector env, for any agent and any world.
+
+It starts ``num_envs`` imagined trajectories from real contexts sampled from replay and steps
+them all with one world call per step. Conventions match ``envs/atari.py``: batched tensors
+``(obs, reward, terminated, truncated, info)``, same-step auto-reset with the last observation of
+a finished trajectory in ``info["final_obs"]``. Everything stays on the world's device and no
+step reads anything back to the host: finished rows are replaced with ``torch.where`` by spare
+trajectories that ``reset()`` started alongside the active ones. (A row that finishes twice before
+the next ``reset()`` restarts from its spare context again.)
+
+For agents that burn in a recurrent state on the real frames before the first imagined one,
+``reset()`` returns the contexts in ``info``: ``context_obs (B, T0, C, H, W)`` uint8,
+``context_act (B, T0)``, ``context_mask (B, T0)`` for the active rows and ``next_context_*`` for
+the spares that replace finished rows (the last context frame is the first observation itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from worldmodels.interfaces import Batch
+from worldmodels.replay import ReplayStore, SegmentSampler
+
+
+def where_rows(mask: Tensor, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Row-wise select between two states (dicts of batch-first tensors): ``a`` where ``mask``."""
+    out = {}
+    for key, va in a.items():
+        m = mask.view(-1, *([1] * (va.ndim - 1)))
+        out[key] = torch.where(m, va, b[key])
+    return out
+
+
+def _rows(state: dict[str, Tensor], sl: slice) -> dict[str, Tensor]:
+    return {key: value[sl] for key, value in state.items()}
+
+
+class DreamEnv:
+    """``num_envs`` imagined trajectories of at most ``horizon`` steps in ``world``."""
+
+    def __init__(
+        self,
+        world: Any,
+        store: ReplayStore,
+        *,
+        num_envs: int,
+        horizon: int,
+        device: torch.device | str,
+        seed: int = 0,
+        recency_weights: tuple[float, ...] | None = None,
+    ) -> None:
+        if num_envs < 1 or horizon < 1:
+            raise ValueError(f"num_envs and horizon must be >= 1, got {num_envs}, {horizon}")
+        self.world = world
+        self.num_envs = num_envs
+        self.horizon = horizon
+        self.device = torch.device(device)
+        self.num_actions = world.num_actions
+        self.obs_shape = tuple(world.obs_shape)
+        self.context_len = world.context_len
+        self.sampler = SegmentSampler(
+            store, world.context_len, pad_left=world.context_len - 1, end_before_final=True,
+            recency_weights=recency_weights, seed=seed,
+        )  # fmt: skip
+        self._state: dict[str, Tensor] | None = None
+        self._spare: dict[str, Tensor] = {}
+        self._spare_obs: Tensor | None = None
+        self._t: Tensor | None = None
+
+    def contexts(self, n: int) -> Batch:
+        """``n`` real contexts of ``world.context_len`` rows, on the device."""
+        return self.sampler.sample(n).to(self.device, non_blocking=True)
+
+    def reset(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """Start every trajectory (and its spare) from a fresh real context."""
+        b = self.num_envs
+        ctx = self.contexts(2 * b)
+        with torch.inference_mode():
+            state, obs = self.world.imagine_start(ctx.obs, ctx.act, ctx.mask)
+        self._state, self._spare = _rows(state, slice(0, b)), _rows(state, slice(b, 2 * b))
+        self._spare_obs = obs[b:]
+        self._t = torch.zeros(b, dtype=torch.long, device=self.device)
+        info = {
+            "context_obs": ctx.obs[:b], "context_act": ctx.act[:b], "context_mask": ctx.mask[:b],
+            "next_context_obs": ctx.obs[b:], "next_context_act": ctx.act[b:],
+            "next_context_mask": ctx.mask[b:],
+        }  # fmt: skip
+        return obs[:b].clone(), info
+
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """``action (B,)`` -> ``obs (B, C, H, W) uint8, reward (B,) float32, terminated (B,) bool,
+        truncated (B,) bool, info`` with ``info["final_obs"]``; finished rows restart at once."""
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        action = action.to(self.device, torch.long)
+        with torch.inference_mode():
+            state, obs, reward, end = self.world.imagine_step(self._state, action)
+            t = self._t + 1
+            trunc = (t >= self.horizon) & ~end
+            done = end | trunc
+            self._state = where_rows(done, self._spare, state)
+            next_obs = torch.where(done.view(-1, 1, 1, 1), self._spare_obs, obs)
+            self._t = torch.where(done, torch.zeros_like(t), t)
+        # Clones leave inference mode, so an agent may feed these into its autograd graph.
+        info = {"final_obs": obs.clone()}
+        return next_obs.clone(), reward.float().clone(), end.clone(), trunc.clone(), info

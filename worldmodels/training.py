@@ -1,0 +1,171 @@
+"""One generic update for every trainable stage, and the per-stage training settings.
+
+Every stage (a world's denoiser, its reward/end model, a tokenizer, an agent) exposes
+``loss(input) -> (loss, logs)``; ``Updater`` owns its optimizer, warm-up schedule, gradient
+clipping and mixed precision, and ``StageTrainer`` adds a replay sampler and the epoch counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from worldmodels.interfaces import Batch
+from worldmodels.replay import ReplayStore, SegmentSampler
+
+DIAMOND_RECENCY = (0.1, 0.1, 0.1, 0.7)  # newest quarter of episodes gets 70% of the draws
+
+
+@dataclass(frozen=True)
+class StageTraining:
+    """How one stage trains: when, how much, on what segments, with which optimizer."""
+
+    steps_per_epoch: int = 400
+    """Gradient steps per epoch."""
+    first_epoch_steps: int = 0
+    """Steps of the first epoch it trains in (0 = steps_per_epoch); DIAMOND warms up longer."""
+    start_epoch: int = 1
+    """First epoch in which the stage trains (IRIS starts its stages late)."""
+    batch_size: int = 32
+    """Segments per batch."""
+    seq_len: int = 1
+    """Rows per segment."""
+    pad_left: int = 0
+    """Up to this many padding rows before an episode's start."""
+    pad_right: int = 0
+    """Up to this many padding rows after an episode's final observation."""
+    recency_weights: tuple[float, ...] | None = DIAMOND_RECENCY
+    """Episode draw weights over age buckets, oldest to newest; None = uniform."""
+    lr: float = 1e-4
+    """AdamW learning rate after warm-up."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+
+    def steps_in(self, epoch: int) -> int:
+        """Gradient steps in ``epoch`` (1-based); 0 before ``start_epoch``."""
+        if epoch < self.start_epoch:
+            return 0
+        if epoch == self.start_epoch and self.first_epoch_steps:
+            return self.first_epoch_steps
+        return self.steps_per_epoch
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast where asked (CUDA; also a real speed-up on AMX CPUs), else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Updater:
+    """Optimizer + warm-up + clipping + autocast for one module: ``update(loss_fn, x) -> logs``."""
+
+    def __init__(
+        self, module: nn.Module, cfg: StageTraining, device: torch.device, *, amp: bool = False
+    ) -> None:
+        self.module = module
+        self.cfg = cfg
+        self.device = device
+        self.amp = amp
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+            fused=device.type == "cuda",
+        )  # fmt: skip
+        warmup = max(cfg.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.steps = 0
+
+    def update(self, loss_fn: Callable[[Any], tuple[Tensor, dict]], x: Any) -> dict[str, float]:
+        self.module.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            loss, logs = loss_fn(x)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.steps += 1
+        logs = dict(logs)
+        logs["grad_norm"] = float(grad_norm)
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        return logs
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = int(state["steps"])
+
+
+def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
+    """Average each key over the steps that reported it."""
+    out: dict[str, list[float]] = {}
+    for entry in logs:
+        for key, value in entry.items():
+            out.setdefault(key, []).append(float(value))
+    return {key: sum(values) / len(values) for key, values in out.items()}
+
+
+@dataclass
+class Stage:
+    """A trainable part of a world: its module, its loss on a replay ``Batch``, its settings."""
+
+    name: str
+    module: nn.Module
+    loss: Callable[[Batch], tuple[Tensor, dict]]
+    training: StageTraining
+
+
+class StageTrainer:
+    """Trains one ``Stage`` on segments sampled from replay."""
+
+    def __init__(
+        self, stage: Stage, store: ReplayStore, device: torch.device, *, seed: int,
+        amp: bool = False,
+    ) -> None:  # fmt: skip
+        cfg = stage.training
+        self.stage = stage
+        self.device = device
+        self.updater = Updater(stage.module, cfg, device, amp=amp)
+        self.sampler = SegmentSampler(
+            store, cfg.seq_len, pad_left=cfg.pad_left, pad_right=cfg.pad_right,
+            recency_weights=cfg.recency_weights, seed=seed,
+        )  # fmt: skip
+
+    def batches(self, n: int) -> Iterator[Batch]:
+        for _ in range(n):
+            yield self.sampler.sample(self.stage.training.batch_size).to(
+                self.device, non_blocking=True
+            )
+
+    def train(self, steps: int) -> dict[str, float]:
+        """``steps`` updates; returns the mean of each logged value."""
+        logs = [self.updater.update(self.stage.loss, batch) for batch in self.batches(steps)]
+        return mean_logs(logs)
+
+    def state_dict(self) -> dict:
+        return {"updater": self.updater.state_dict(), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updater.load_state_dict(state["updater"])
+        self.sampler.load_state_dict(state["sampler"])
