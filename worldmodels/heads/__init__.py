@@ -1,0 +1,1 @@
+"""Heads that predict reward and episode end."""

@@ -1,0 +1,1 @@
+"""Shared network pieces: blocks, pixel conversions."""
