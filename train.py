@@ -20,6 +20,7 @@ from worldmodels.cli import (
     overrides_from,
     run_main,
     setup_process,
+    use_amp,
 )
 from worldmodels.errors import UserError
 
@@ -31,7 +32,7 @@ def parse(argv):
         epilog=choices_epilog(),
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
-    p.add_argument("--world", help="world model (default: none, i.e. only collect and test)")
+    p.add_argument("--world", help="world model (default: none: collect real experience and test)")
     add_config_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     return p.parse_args(argv)
@@ -39,7 +40,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from worldmodels.build import build_agent, env_factory, env_info_of
+    from worldmodels.build import build_agent, build_world, env_factory, env_info_of
     from worldmodels.replay import ReplayStore
     from worldmodels.runs import RunDir, default_run_name, versions
     from worldmodels.schedule import OnlineSchedule
@@ -89,17 +90,19 @@ def main(argv=None) -> int:
         info = env_info_of(probe)
         probe.close()
         agent = build_agent(cfg.agent, info, seed=cfg.run.seed, device=device)
+        world = None if cfg.world is None else build_world(cfg.world, info, device=device)
         ver = versions()
         schedule = OnlineSchedule(
             cfg,
             run,
             agent=agent,
-            world=None,
+            world=world,
             store=store,
             make_env=make_env,
             logger=logger,
             device=device,
             versions=ver,
+            amp=use_amp(cfg.run, device),
         )
         run.record_session(
             {

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from worldmodels.interfaces import Batch
 from worldmodels.replay import ReplayStore, SegmentSampler
+from worldmodels.training import autocast
 
 
 def where_rows(mask: Tensor, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -51,6 +52,7 @@ class DreamEnv:
         device: torch.device | str,
         seed: int = 0,
         recency_weights: tuple[float, ...] | None = None,
+        amp: bool = False,
     ) -> None:
         if num_envs < 1 or horizon < 1:
             raise ValueError(f"num_envs and horizon must be >= 1, got {num_envs}, {horizon}")
@@ -61,6 +63,7 @@ class DreamEnv:
         self.num_actions = world.num_actions
         self.obs_shape = tuple(world.obs_shape)
         self.context_len = world.context_len
+        self.amp = amp  # bf16 autocast around the world's calls
         self.sampler = SegmentSampler(
             store, world.context_len, pad_left=world.context_len - 1, end_before_final=True,
             recency_weights=recency_weights, seed=seed,
@@ -78,7 +81,7 @@ class DreamEnv:
         """Start every trajectory (and its spare) from a fresh real context."""
         b = self.num_envs
         ctx = self.contexts(2 * b)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.amp):
             state, obs = self.world.imagine_start(ctx.obs, ctx.act, ctx.mask)
         self._state, self._spare = _rows(state, slice(0, b)), _rows(state, slice(b, 2 * b))
         self._spare_obs = obs[b:]
@@ -97,7 +100,8 @@ class DreamEnv:
             raise RuntimeError("call reset() before step()")
         action = action.to(self.device, torch.long)
         with torch.inference_mode():
-            state, obs, reward, end = self.world.imagine_step(self._state, action)
+            with autocast(self.device, self.amp):
+                state, obs, reward, end = self.world.imagine_step(self._state, action)
             t = self._t + 1
             trunc = (t >= self.horizon) & ~end
             done = end | trunc

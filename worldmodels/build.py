@@ -11,7 +11,7 @@ from envs.atari import AtariVecEnv, make_atari_env
 from envs.atari_config import AtariConfig
 from worldmodels.config import Choice
 from worldmodels.interfaces import EnvInfo
-from worldmodels.registry import AGENTS
+from worldmodels.registry import AGENTS, WORLDS
 from worldmodels.seeding import derive_seed
 
 
@@ -36,3 +36,8 @@ def build_agent(choice: Choice, env_info: EnvInfo, *, seed: int, device: torch.d
     """The registered agent class, built from its config and moved to ``device``."""
     cls = AGENTS.get(choice.name)
     return cls(choice.config, env_info, seed=derive_seed(seed, "agent")).to(device)
+
+
+def build_world(choice: Choice, env_info: EnvInfo, *, device: torch.device) -> Any:
+    """The registered world class, built from its config and moved to ``device``."""
+    return WORLDS.get(choice.name)(choice.config, env_info).to(device)

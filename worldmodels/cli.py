@@ -102,6 +102,13 @@ def setup_process(run: C.RunConfig) -> torch.device:
     return device
 
 
+def use_amp(run: C.RunConfig, device: torch.device) -> bool:
+    """bf16 autocast? ``auto``: on CUDA only, so CPU runs stay bitwise repeatable in fp32."""
+    if run.precision == "auto":
+        return device.type == "cuda"
+    return run.precision == "bf16"
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv=None) -> int:
     """Call ``main``; a UserError becomes one line on stderr and exit status 2."""
     try:

@@ -66,7 +66,9 @@ class ScheduleConfig:
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep on disk."""
     video_every: int = 10
-    """Log videos every this many epochs; 0 disables them."""
+    """Log videos (imagined beside real rollouts, test episodes) every this many epochs; 0 = never."""
+    video_horizon: int = 32
+    """Imagined steps in those videos."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class RunConfig:
     """Where run directories are created."""
     tf32: bool = True
     """Allow TF32 matmuls on CUDA (set once in the entry point)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Autocast for the networks: auto = bf16 on CUDA, fp32 on CPU (bitwise repeatable)."""
     compile: bool = False
     """Wrap the hot modules in ``torch.compile`` (CUDA only)."""
     progress: bool = True
@@ -350,7 +354,7 @@ def build(tree: Mapping) -> Config:
         kwargs[name] = from_dict(cls, tree.get(name) or {}, name)
     world = tree.get("world")
     kwargs["world"] = None if world is None else _component(WORLDS, world["name"], world, "world")
-    agent = tree.get("agent") or {"name": "random"}
+    agent = tree.get("agent") or {"name": _default_agent(world and world["name"]) or "random"}
     kwargs["agent"] = _component(AGENTS, agent["name"], agent, "agent")
     kwargs["preset"] = str(tree.get("preset", "atari100k"))
     return Config(**kwargs)
@@ -376,7 +380,7 @@ def resolve(
         tree["world"] = {"name": world, **_yaml_if_exists("world", world)}
     else:
         tree["world"] = None
-    agent = agent or default_agent
+    agent = agent or _default_agent(world) or default_agent
     AGENTS.get(agent)
     tree["agent"] = {"name": agent, **_yaml_if_exists("agent", agent)}
 
@@ -405,6 +409,13 @@ def resolve(
 
     tree["env"]["game"] = resolve_game(str(tree["env"].get("game", AtariConfig.game)))[0]
     return build(tree)
+
+
+def _default_agent(world: str | None) -> str | None:
+    """The agent a world trains when none is named (``default_agent`` on the world class)."""
+    if world is None:
+        return None
+    return getattr(WORLDS.get(world), "default_agent", None)
 
 
 def _yaml_if_exists(kind: str, name: str) -> dict:

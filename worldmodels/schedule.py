@@ -13,15 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.dream import DreamEnv
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
 from worldmodels.config import Config, to_dict
-from worldmodels.replay import ReplayStore
+from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.results import results_record, summary_line, write_results
 from worldmodels.runs import RunDir
 from worldmodels.scores import human_normalized
 from worldmodels.seeding import derive_seed, global_rng_state, set_global_rng_state
-from worldmodels.tb import TBLogger, progress
+from worldmodels.tb import Rate, TBLogger, progress
+from worldmodels.training import StageTrainer, autocast
 
 
 @dataclass
@@ -50,6 +52,7 @@ class OnlineSchedule:
         logger: TBLogger,
         device: torch.device,
         versions: dict[str, Any],
+        amp: bool = False,
         log: Callable[[str], None] = print,
     ) -> None:
         self.cfg = cfg
@@ -61,12 +64,33 @@ class OnlineSchedule:
         self.logger = logger
         self.device = device
         self.versions = versions
+        self.amp = amp
         self.log = log
         self.counters = Counters()
         self.train_env = make_env("train", cfg.schedule.num_envs)
         self.env_spec = self.train_env.spec()
         self.test_env_spec: dict[str, Any] = {}
         self.collector = self._new_collector()
+        seed = cfg.run.seed
+        self.stage_trainers: dict[str, StageTrainer] = {}
+        self.dream: DreamEnv | None = None
+        self.video_sampler: SegmentSampler | None = None
+        if world is not None:
+            for name, stage in world.stages().items():
+                self.stage_trainers[name] = StageTrainer(
+                    stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp
+                )
+            self.video_sampler = SegmentSampler(
+                store, world.context_len + cfg.schedule.video_horizon,
+                seed=derive_seed(seed, "video"),
+            )  # fmt: skip
+            agent_training = getattr(agent.config, "training", None)
+            if agent_training is not None:
+                self.dream = DreamEnv(
+                    world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
+                    device=device, seed=derive_seed(seed, "dream"),
+                    recency_weights=agent_training.recency_weights, amp=amp,
+                )  # fmt: skip
 
     # ---------------------------------------------------------------- building blocks
 
@@ -171,6 +195,58 @@ class OnlineSchedule:
         every = self.cfg.schedule.video_every
         return every > 0 and self.counters.epoch % every == 0
 
+    def train_world(self) -> None:
+        """Train every stage of the world for this epoch's number of steps."""
+        epoch, step = self.counters.epoch + 1, self.counters.env_steps
+        for name, trainer in self.stage_trainers.items():
+            n = trainer.stage.training.steps_in(epoch)
+            if n == 0:
+                continue
+            rate = Rate()
+            logs = trainer.train(n)
+            rate.add(n)
+            logs["steps_per_s"] = rate.read()
+            self.logger.scalars(logs, step, prefix=f"{name}/")
+
+    def train_agent(self) -> None:
+        """Train the agent in imagination for this epoch's number of updates."""
+        if self.dream is None:
+            return
+        n = self.agent.config.training.steps_in(self.counters.epoch + 1)
+        if n == 0:
+            return
+        frames = Rate()
+        logs = []
+        for _ in range(n):
+            logs.append(self.agent.train_in_imagination(self.dream))
+            frames.add(self.dream.num_envs * self.dream.horizon)
+        mean = {k: float(np.mean([entry[k] for entry in logs])) for k in logs[0]}
+        mean["imagination_frames_per_s"] = frames.read()
+        self.logger.scalars(mean, self.counters.env_steps, prefix="agent/")
+
+    @torch.inference_mode()
+    def log_imagination(self, num: int = 4) -> None:
+        """A video grid: real frames (left) beside the world's imagination (right) from the same
+        real context under the same recorded actions."""
+        if self.world is None or self.video_sampler is None or len(self.store) == 0:
+            return
+        batch = self.video_sampler.sample(num).to(self.device)
+        t0 = self.world.context_len
+        self.world.eval()
+        with autocast(self.device, self.amp):
+            state, obs = self.world.imagine_start(
+                batch.obs[:, :t0], batch.act[:, :t0], batch.mask[:, :t0]
+            )
+            imagined = [obs]
+            for t in range(t0 - 1, batch.obs.shape[1] - 1):
+                state, obs, _, _ = self.world.imagine_step(state, batch.act[:, t])
+                imagined.append(obs)
+        real = batch.obs[:, t0 - 1 :]  # (N, H + 1, C, H, W), zeros after an episode ended
+        fake = torch.stack(imagined, dim=1)
+        pairs = torch.stack((real, fake), dim=1).flatten(0, 1)  # (2N, T, C, H, W): real, imagined
+        self.logger.video("imagination/real_vs_imagined", pairs.cpu(), self.counters.env_steps,
+                          nrow=2)  # fmt: skip
+
     # ---------------------------------------------------------------- checkpoints
 
     def checkpoint(self) -> None:
@@ -180,6 +256,9 @@ class OnlineSchedule:
             "counters": dataclasses.asdict(self.counters),
             "collector": self.collector.state_dict(),
             "rng": global_rng_state(),
+            "stages": {name: t.state_dict() for name, t in self.stage_trainers.items()},
+            "dream": None if self.dream is None else self.dream.sampler.state_dict(),
+            "video": None if self.video_sampler is None else self.video_sampler.state_dict(),
         }
         meta = {
             "agent": self.cfg.agent.name,
@@ -210,6 +289,12 @@ class OnlineSchedule:
             self.counters = Counters(**state["counters"])
             set_global_rng_state(state["rng"])
             saved_collector = state["collector"]
+            for name, trainer in self.stage_trainers.items():
+                trainer.load_state_dict(state["stages"][name])
+            if self.dream is not None and state.get("dream") is not None:
+                self.dream.sampler.load_state_dict(state["dream"])
+            if self.video_sampler is not None and state.get("video") is not None:
+                self.video_sampler.load_state_dict(state["video"])
         else:
             saved_collector = None
         self.counters.resumes += 1
@@ -239,8 +324,12 @@ class OnlineSchedule:
             budget_left = s.env_steps_budget - self.counters.env_steps
             if budget_left > 0:
                 self.collect(min(s.collect_steps_per_epoch, budget_left))
+            self.train_world()
+            self.train_agent()
             self.counters.epoch += 1
             self.logger.scalar("progress/epoch", self.counters.epoch, self.counters.env_steps)
+            if self._video_due():
+                self.log_imagination()
             last = self.counters.epoch == s.epochs
             if self._test_due() and not last:
                 self.test(s.test_episodes, video=self._video_due())

@@ -93,11 +93,15 @@ class TBLogger:
         """A grid of ``(N, C, H, W)`` images."""
         self.writer.add_image(tag, image_grid(images, nrow), step, dataformats="CHW")
 
-    def video(self, tag: str, frames: Tensor | np.ndarray, step: int, fps: float = 15) -> None:
-        """``(T, C, H, W)`` one clip, or ``(N, T, C, H, W)`` clips played side by side as a grid."""
+    def video(
+        self, tag: str, frames: Tensor | np.ndarray, step: int, fps: float = 15,
+        nrow: int | None = None,
+    ) -> None:  # fmt: skip
+        """``(T, C, H, W)`` one clip, or ``(N, T, C, H, W)`` clips played together as a grid of
+        ``nrow`` clips per row (default: all in one row)."""
         frames = to_uint8(frames)
         if frames.ndim == 5:
-            n = frames.shape[0]
+            n = nrow or frames.shape[0]
             frames = np.stack([image_grid(frames[:, t], nrow=n) for t in range(frames.shape[1])])
         if frames.ndim != 4 or frames.shape[0] == 0:
             raise ValueError(f"video expects (T, C, H, W) or (N, T, C, H, W), got {frames.shape}")
