@@ -105,3 +105,19 @@ def test_protocol_values_exclude_game_and_backend():
     b = C.resolve(env="Pong", overrides=["env.backend=python"]).env.protocol_values()
     assert a == b
     assert C.resolve(env="Pong", protocol="machado").env.protocol_values() != a
+
+
+def test_partial_nested_sections_keep_the_fields_own_defaults():
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Inner:
+        a: int = 1
+        b: int = 2
+
+    @dataclass(frozen=True)
+    class Outer:
+        inner: Inner = field(default_factory=lambda: Inner(a=10, b=20))
+
+    assert C.from_dict(Outer, {"inner": {"b": 5}}).inner == Inner(a=10, b=5)
+    assert C.from_dict(Outer, {}).inner == Inner(a=10, b=20)

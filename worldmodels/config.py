@@ -276,11 +276,24 @@ def from_dict(cls: type, data: Mapping, where: str = "") -> Any:
         raise UserError(f"unknown config key {key!r} (valid: {choices(fields)})")
     kwargs = {}
     for name, value in data.items():
+        default = _field_default(fields[name])
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(default):
+            # A partial nested section overrides the field's own default, not the nested class's
+            # (e.g. a world's denoiser_training keeps seq_len 6 when a preset sets batch_size).
+            value = deep_merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where or cls.__name__}: {exc}") from None
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,0 +1,142 @@
+"""Speed of a world and its agent: parameter counts, train steps/s per stage, imagination frames/s,
+agent updates/s. Synthetic 64x64 replay, so it needs no emulator; every figure is measured here.
+
+    python bench/world_speed.py --world diffusion --preset atari100k --batch-size 8 --device cpu
+    python bench/world_speed.py --world diffusion --batch-size 32 --device cuda --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from envs.dream import DreamEnv  # noqa: E402
+from envs.testing import random_store  # noqa: E402
+from worldmodels import config as C  # noqa: E402
+from worldmodels.build import build_agent, build_world  # noqa: E402
+from worldmodels.cli import resolve_device, use_amp  # noqa: E402
+from worldmodels.interfaces import EnvInfo  # noqa: E402
+from worldmodels.nn.blocks import count_parameters  # noqa: E402
+from worldmodels.training import StageTrainer, autocast  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, n: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--world", default="diffusion")
+    p.add_argument("--agent", default=None, help="default: the world's default agent")
+    p.add_argument("--preset", default="atari100k")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: half the cores)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=5, help="timed calls per figure")
+    p.add_argument("--num-actions", type=int, default=4, help="4 = Breakout")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    cfg = C.resolve(
+        env="Breakout", world=args.world, agent=args.agent, preset=args.preset,
+        overrides=[f"run.precision={args.precision}", *args.overrides],
+    )  # fmt: skip
+    amp = use_amp(cfg.run, device)
+    info = EnvInfo(num_actions=args.num_actions, obs_shape=(3, 64, 64))
+    world = build_world(cfg.world, info, device=device)
+    agent = build_agent(cfg.agent, info, seed=0, device=device)
+    store = random_store(num_episodes=24, length=200, obs_shape=(3, 64, 64),
+                         num_actions=args.num_actions)  # fmt: skip
+    b, n, w = args.batch_size, args.steps, max(1, args.steps // 3)
+
+    out: dict = {
+        "world": args.world, "agent": cfg.agent.name, "preset": args.preset, "batch_size": b,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": threads, "precision": "bf16" if amp else "fp32",
+        "torch": torch.__version__,
+    }  # fmt: skip
+    for name, stage in world.stages().items():
+        out[f"{name}_params"] = count_parameters(stage.module)
+    out["world_params"] = count_parameters(world)
+    out["agent_params"] = count_parameters(agent)
+
+    for name, stage in world.stages().items():
+        stage = dataclasses.replace(stage, training=dataclasses.replace(stage.training, batch_size=b))
+        trainer = StageTrainer(stage, store, device, seed=0, amp=amp)
+        batch = next(trainer.batches(1))  # a fixed batch: data loading is not what is measured
+        sec = timed(lambda s=stage, t=trainer, x=batch: t.updater.update(s.loss, x), n, w, device)
+        out[f"{name}_train_s_per_step"] = sec
+        out[f"{name}_train_steps_per_s"] = 1.0 / sec
+
+    horizon = getattr(agent.config, "horizon", 15)
+    dream = DreamEnv(world, store, num_envs=b, horizon=10**9, device=device, amp=amp)
+    dream.reset()
+    actions = torch.zeros(b, dtype=torch.long, device=device)
+    world.eval()
+    sec = timed(lambda: dream.step(actions), n, w, device)
+    out["imagination_s_per_step"] = sec
+    out["imagination_frames_per_s"] = b / sec
+    denoising = getattr(cfg.world.config, "denoising_steps", None)
+    if denoising is not None:
+        out["denoising_steps"] = denoising
+
+    if getattr(agent.config, "training", None) is not None:
+        agent_cfg = dataclasses.replace(agent.config, num_envs=b)
+        agent.config = agent_cfg
+        adream = DreamEnv(world, store, num_envs=b, horizon=horizon, device=device, amp=amp)
+        sec = timed(lambda: agent.train_in_imagination(adream), max(1, n // 2), 1, device)
+        out["agent_update_s"] = sec
+        out["agent_updates_per_s"] = 1.0 / sec
+        out["agent_horizon"] = horizon
+        obs = torch.zeros(b, 3, 64, 64, dtype=torch.uint8, device=device)
+        state = agent.initial_state(b, device)
+        first = torch.ones(b, dtype=torch.bool, device=device)
+        with torch.inference_mode(), autocast(device, amp):
+            sec = timed(lambda: agent.act(obs, state, first), n, w, device)
+        out["agent_act_per_s"] = 1.0 / sec
+
+    if args.json:
+        print(json.dumps(out))
+    else:
+        width = max(map(len, out))
+        for key, value in out.items():
+            shown = f"{value:,.3f}" if isinstance(value, float) else (
+                f"{value:,}" if isinstance(value, int) else str(value))  # fmt: skip
+            print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
