@@ -15,6 +15,7 @@ from torch import Tensor
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 Sampler = Callable[[Denoise, Tensor, Tensor], Tensor]
+InitNoise = Literal["sigma_max", "unit"]
 
 
 def sigma_schedule(steps: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
@@ -71,7 +72,7 @@ SAMPLERS: dict[str, Sampler] = {"euler": sample_euler, "heun": sample_heun}
 def initial_noise(
     shape: tuple[int, ...] | torch.Size,
     sigma_max: float,
-    mode: Literal["sigma_max", "unit"],
+    mode: InitNoise,
     device: torch.device | str,
 ) -> Tensor:
     """Starting point of sampling, float32 of ``shape``. ``"sigma_max"``: ``N(0, sigma_max^2)``,
