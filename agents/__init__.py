@@ -1,3 +1,4 @@
 """Agents (stage 3). Importing this package registers the built-in ones in ``AGENTS``."""
 
+import agents.actor_critic  # noqa: F401  (registers "actor_critic")
 from agents import random  # noqa: F401  (registers "random")

@@ -93,7 +93,9 @@ def main(argv=None) -> int:
     out["agent_params"] = count_parameters(agent)
 
     for name, stage in world.stages().items():
-        stage = dataclasses.replace(stage, training=dataclasses.replace(stage.training, batch_size=b))
+        stage = dataclasses.replace(
+            stage, training=dataclasses.replace(stage.training, batch_size=b)
+        )
         trainer = StageTrainer(stage, store, device, seed=0, amp=amp)
         batch = next(trainer.batches(1))  # a fixed batch: data loading is not what is measured
         sec = timed(lambda s=stage, t=trainer, x=batch: t.updater.update(s.loss, x), n, w, device)

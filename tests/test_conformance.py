@@ -63,3 +63,60 @@ def test_agent_is_seeded_and_survives_a_checkpoint(name, tmp_path):
     c = _agent(name, seed=99)
     load_checkpoint(tmp_path / "c", {"agent": c})
     assert all(torch.equal(x, y) for x, y in zip(expected, rollout(c, 4), strict=True))
+
+
+def _smoke_world(name):
+    from worldmodels import config as C
+
+    cfg = C.resolve(env="Breakout", world=name, preset="smoke")
+    return WORLDS.get(name)(cfg.world.config, ENV)
+
+
+@pytest.mark.parametrize("name", WORLDS.names())
+def test_world_stages_train_on_replay_segments(name):
+    from envs.testing import random_store
+    from worldmodels.replay import SegmentSampler
+    from worldmodels.training import Stage, Updater
+
+    torch.manual_seed(0)
+    world = _smoke_world(name)
+    store = random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
+    stages = world.stages()
+    assert stages, "a world has at least one trainable stage"
+    for stage_name, stage in stages.items():
+        assert isinstance(stage, Stage) and stage.name == stage_name
+        t = stage.training
+        sampler = SegmentSampler(store, t.seq_len, pad_left=t.pad_left, pad_right=t.pad_right)
+        batch = sampler.sample(2)
+        loss, logs = stage.loss(batch)
+        assert loss.ndim == 0 and torch.isfinite(loss), stage_name
+        assert all(isinstance(v, float) for v in logs.values()), stage_name
+        before = [p.detach().clone() for p in stage.module.parameters()]
+        Updater(stage.module, t, torch.device("cpu")).update(stage.loss, batch)
+        changed = any(
+            not torch.equal(a, p) for a, p in zip(before, stage.module.parameters(), strict=True)
+        )
+        assert changed, f"{stage_name}: an update must change the weights"
+
+
+@pytest.mark.parametrize("name", WORLDS.names())
+def test_world_imagines_in_a_dream_env(name):
+    from envs.dream import DreamEnv
+    from envs.testing import random_store
+
+    torch.manual_seed(0)
+    world = _smoke_world(name).eval()
+    store = random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
+    dream = DreamEnv(world, store, num_envs=3, horizon=2, device="cpu")
+    obs, info = dream.reset()
+    assert obs.shape == (3, *ENV.obs_shape) and obs.dtype == torch.uint8
+    started = torch.zeros(3, dtype=torch.long)  # step at which each row's trajectory began
+    for t in range(4):
+        obs, rew, term, trunc, info = dream.step(torch.tensor([0, 1, 3]))
+        assert obs.shape == (3, *ENV.obs_shape) and obs.dtype == torch.uint8
+        assert rew.shape == (3,) and rew.dtype == torch.float32
+        assert term.dtype == torch.bool and trunc.dtype == torch.bool
+        assert info["final_obs"].dtype == torch.uint8
+        assert not (term & trunc).any()
+        assert torch.equal(trunc, ~term & (t + 1 - started == 2))  # the horizon of 2 steps
+        started = torch.where(term | trunc, t + 1, started)

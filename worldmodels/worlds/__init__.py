@@ -1,1 +1,3 @@
 """World compositions (encoder + dynamics + reward/end). Importing this package registers them."""
+
+import worldmodels.worlds.diffusion  # noqa: F401  (registers "diffusion")
