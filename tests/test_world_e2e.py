@@ -1,0 +1,102 @@
+"""End to end with a world: ``train.py --world diffusion`` on a tiny budget, TensorBoard read back,
+and SIGKILL + ``--resume`` continuing every counter and optimizer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tb_read import tags
+from test_cli import ROOT, episode_digests, run
+
+pytestmark = pytest.mark.slow
+
+TINY_WORLD = [
+    "--world", "diffusion", "--preset", "smoke",
+    "--set", "schedule.initial_collect_steps=80",
+    "--set", "schedule.initial_collect_max_steps=80",
+    "--set", "schedule.collect_steps_per_epoch=20",
+    "--set", "schedule.epochs=2",
+    "--set", "schedule.test_every=1",
+    "--set", "schedule.video_every=1",
+    "--set", "schedule.video_horizon=3",
+    "--set", "eval.episodes=1",
+    "--set", "eval.video_max_frames=20",
+    "--set", "world.denoiser_training.first_epoch_steps=2",
+    "--set", "world.denoiser_training.steps_per_epoch=1",
+    "--set", "world.denoiser_training.batch_size=2",
+    "--set", "world.reward_end_training.first_epoch_steps=2",
+    "--set", "world.reward_end_training.steps_per_epoch=1",
+    "--set", "world.reward_end_training.batch_size=2",
+    "--set", "agent.training.first_epoch_steps=2",
+    "--set", "agent.training.steps_per_epoch=1",
+    "--set", "agent.num_envs=2",
+    "--set", "agent.horizon=3",
+    "--set", "run.progress=false",
+]  # fmt: skip
+
+
+def test_diffusion_world_run_logs_what_it_promises(tmp_path):
+    run("train.py", "--env", "Breakout", "--name", "w", *TINY_WORLD, cwd=tmp_path)
+    d = tmp_path / "runs" / "w"
+    t = tags(d / "tb")
+    for tag in (
+        "denoiser/loss", "denoiser/grad_norm", "denoiser/lr", "denoiser/steps_per_s",
+        "reward_end/loss", "reward_end/steps_per_s",
+        "agent/loss", "agent/imagination_frames_per_s",
+        "collect/frames_per_s", "test/return_mean", "final/return_mean",
+    ):  # fmt: skip
+        assert tag in t["scalars"], tag
+    assert "imagination/real_vs_imagined" in t["images"]
+    results = json.loads((d / "results.json").read_text())
+    assert results["world"] == "diffusion" and results["agent"] == "actor_critic"
+
+
+def _state(d):
+    ckpt = d / "checkpoints" / (d / "checkpoints" / "latest").read_text().strip()
+    return torch.load(ckpt / "state.pt", weights_only=True)["state"], json.loads(
+        (ckpt / "meta.json").read_text()
+    )
+
+
+def test_sigkill_and_resume_continue_a_world_run(tmp_path):
+    epochs = 12
+    args = ["--env", "Breakout", "--name", "k", *TINY_WORLD, "--set", f"schedule.epochs={epochs}",
+            "--set", "schedule.test_every=0", "--set", "schedule.video_every=0"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    d = tmp_path / "runs" / "k"
+    latest = d / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if latest.exists() and latest.read_text().strip() >= "epoch_000002":
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_state, killed_meta = _state(d)
+    before = episode_digests(d / "episodes")
+
+    res = run("train.py", "--resume", d, cwd=tmp_path)
+    assert "resuming from epoch_" in res.stdout
+    after = episode_digests(d / "episodes")
+    assert all(after.get(name) == digest for name, digest in before.items())
+    state, meta = _state(d)
+    assert meta["counters"]["epoch"] == epochs and meta["counters"]["resumes"] == 1
+    assert meta["counters"]["env_steps"] > killed_meta["counters"]["env_steps"]
+    # optimizers continued rather than restarting: 2 steps in epoch 1, then 1 per epoch
+    for stage in ("denoiser", "reward_end"):
+        assert (
+            killed_state["stages"][stage]["updater"]["steps"]
+            == killed_meta["counters"]["epoch"] + 1
+        )
+        assert state["stages"][stage]["updater"]["steps"] == epochs + 1
+    assert (d / "results.json").exists()
