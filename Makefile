@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## The main job at CPU scale: a smoke run on real Breakout (a few minutes on 2 cores).
+## The main job at CPU scale: the diffusion world on real Breakout, smoke preset (~2 min on 2 cores).
 demo: $(STAMP)
-	$(BIN)/python train.py --env Breakout --agent random --preset smoke
+	$(BIN)/python train.py --env Breakout --world diffusion --preset smoke
 
 ## The whole test suite (CPU only).
 test: $(STAMP)

@@ -40,7 +40,13 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from worldmodels.build import build_agent, build_world, env_factory, env_info_of
+    from worldmodels.build import (
+        build_agent,
+        build_world,
+        compile_hot_modules,
+        env_factory,
+        env_info_of,
+    )
     from worldmodels.replay import ReplayStore
     from worldmodels.runs import RunDir, default_run_name, versions
     from worldmodels.schedule import OnlineSchedule
@@ -91,6 +97,8 @@ def main(argv=None) -> int:
         probe.close()
         agent = build_agent(cfg.agent, info, seed=cfg.run.seed, device=device)
         world = None if cfg.world is None else build_world(cfg.world, info, device=device)
+        if cfg.run.compile:
+            print(f"torch.compile: {compile_hot_modules(world, agent)} modules")
         ver = versions()
         schedule = OnlineSchedule(
             cfg,

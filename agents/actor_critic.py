@@ -136,6 +136,10 @@ class ActorCritic(nn.Module):
         x = self.encoder(to_float(obs)).flatten(1)  # (B, D)
         return self.lstm(x, state)
 
+    def hot_modules(self) -> list[nn.Module]:
+        """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
+        return [self]
+
     def forward(self, obs: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """uint8 ``(B, C, H, W)``, ``(h, c)`` -> logits ``(B, A)``, value ``(B,)``, ``(h, c)``."""
         h, c = self._core(obs, state)

@@ -41,3 +41,14 @@ def build_agent(choice: Choice, env_info: EnvInfo, *, seed: int, device: torch.d
 def build_world(choice: Choice, env_info: EnvInfo, *, device: torch.device) -> Any:
     """The registered world class, built from its config and moved to ``device``."""
     return WORLDS.get(choice.name)(choice.config, env_info).to(device)
+
+
+def compile_hot_modules(*components: Any) -> int:
+    """``torch.compile`` the modules each component lists in ``hot_modules()`` (in place, so
+    weights, checkpoints and optimizers are unaffected); returns how many were compiled."""
+    n = 0
+    for component in components:
+        for module in getattr(component, "hot_modules", list)():
+            module.compile()
+            n += 1
+    return n

@@ -108,7 +108,7 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Autocast for the networks: auto = bf16 on CUDA, fp32 on CPU (bitwise repeatable)."""
     compile: bool = False
-    """Wrap the hot modules in ``torch.compile`` (CUDA only)."""
+    """``torch.compile`` the hot modules of the world and agent (worth it on CUDA)."""
     progress: bool = True
     """Show a progress bar with ETA on long loops."""
 

@@ -5,7 +5,9 @@ checkpoint along the way. Each step is a method; ``run`` only sequences them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,20 @@ from worldmodels.scores import human_normalized
 from worldmodels.seeding import derive_seed, global_rng_state, set_global_rng_state
 from worldmodels.tb import Rate, TBLogger, progress
 from worldmodels.training import StageTrainer, autocast
+
+
+def _seconds(fn: Callable[[Any], Any], arg: Any) -> float:
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.1f} min"
 
 
 @dataclass
@@ -247,6 +263,37 @@ class OnlineSchedule:
         self.logger.video("imagination/real_vs_imagined", pairs.cpu(), self.counters.env_steps,
                           nrow=2)  # fmt: skip
 
+    def project_duration(self) -> float:
+        """Time one update of every stage and of the agent (on copies: the run is untouched) and
+        print the projected duration of the remaining epochs; a warning when it is long."""
+        s = self.cfg.schedule
+        epochs = range(self.counters.epoch + 1, s.epochs + 1)
+        rng = global_rng_state()
+        parts = []
+        total = 0.0
+        for name, trainer in self.stage_trainers.items():
+            steps = sum(trainer.stage.training.steps_in(e) for e in epochs)
+            if steps:
+                sec = _seconds(copy.deepcopy(trainer).train, 1)
+                total += sec * steps
+                parts.append(f"{name} {sec:.2f} s/step x {steps:,}")
+        if self.dream is not None:
+            steps = sum(self.agent.config.training.steps_in(e) for e in epochs)
+            if steps:
+                agent, dream = copy.deepcopy((self.agent, self.dream))
+                sec = _seconds(agent.train_in_imagination, dream)
+                total += sec * steps
+                parts.append(f"agent {sec:.2f} s/update x {steps:,}")
+        set_global_rng_state(rng)
+        line = f"projected training time on {self.device.type}: {_duration(total)} ({'; '.join(parts)})"
+        if total > 3600:
+            line = (
+                f"warning: {line}. This preset is sized for a CUDA GPU; "
+                "--preset smoke runs the same code path in minutes on a CPU."
+            )
+        self.log(line)
+        return total
+
     # ---------------------------------------------------------------- checkpoints
 
     def checkpoint(self) -> None:
@@ -318,6 +365,8 @@ class OnlineSchedule:
             self.collect(max(0, steps), initial=True)
             self.counters.initial_collect_done = True
             self.checkpoint()
+        if self.device.type == "cpu" and self.world is not None and self.counters.epoch < s.epochs:
+            self.project_duration()
         bar = progress(total=s.epochs, desc="epochs", enabled=self.cfg.run.progress, unit="epoch")
         bar.update(self.counters.epoch)
         while self.counters.epoch < s.epochs:

@@ -79,6 +79,10 @@ class DiffusionWorld(nn.Module):
         self.denoiser = Denoiser(config.denoiser, config.edm, env_info.num_actions)
         self.reward_end = RewardEndModel(config.reward_end, env_info.num_actions)
 
+    def hot_modules(self) -> list[nn.Module]:
+        """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
+        return [self.denoiser.net, self.reward_end]
+
     # ---------------------------------------------------------------- training
 
     def denoiser_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
