@@ -96,7 +96,10 @@ def main(argv=None) -> int:
     env = env_factory(cfg.env)("test", num_envs)
     logger = TBLogger(str(run.tb))
     try:
-        agent = build_agent(cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device)
+        agent = build_agent(
+            cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
+            channels_last=cfg.run.channels_last,
+        )  # fmt: skip
         modules = {"agent": agent}
         step = 0
         if ckpt is not None:

@@ -95,8 +95,9 @@ def main(argv=None) -> int:
         probe = make_env("train", 1)
         info = env_info_of(probe)
         probe.close()
-        agent = build_agent(cfg.agent, info, seed=cfg.run.seed, device=device)
-        world = None if cfg.world is None else build_world(cfg.world, info, device=device)
+        layout = {"device": device, "channels_last": cfg.run.channels_last}
+        agent = build_agent(cfg.agent, info, seed=cfg.run.seed, **layout)
+        world = None if cfg.world is None else build_world(cfg.world, info, **layout)
         if cfg.run.compile:
             print(f"torch.compile: {compile_hot_modules(world, agent)} modules")
         ver = versions()

@@ -154,7 +154,7 @@ class ActorCritic(nn.Module):
         h, c = self.initial_state(b, obs.device)
         if t == 0:
             return h, c
-        x = self.encoder(to_float(obs.flatten(0, 1))).view(b, t, -1)  # (B, T, D)
+        x = self.encoder(to_float(obs.flatten(0, 1))).reshape(b, t, -1)  # (B, T, D)
         for i in range(t):
             h2, c2 = self.lstm(x[:, i], (h, c))
             m = mask[:, i, None]

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from envs.dream import DreamEnv  # noqa: E402
 from envs.testing import random_store  # noqa: E402
 from worldmodels import config as C  # noqa: E402
-from worldmodels.build import build_agent, build_world  # noqa: E402
+from worldmodels.build import build_agent, build_world, compile_hot_modules  # noqa: E402
 from worldmodels.cli import resolve_device, use_amp  # noqa: E402
 from worldmodels.interfaces import EnvInfo  # noqa: E402
 from worldmodels.nn.blocks import count_parameters  # noqa: E402
@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: half the cores)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--steps", type=int, default=5, help="timed calls per figure")
+    p.add_argument("--compile", action="store_true", help="torch.compile the hot modules")
     p.add_argument("--num-actions", type=int, default=4, help="4 = Breakout")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -74,8 +75,11 @@ def main(argv=None) -> int:
     )  # fmt: skip
     amp = use_amp(cfg.run, device)
     info = EnvInfo(num_actions=args.num_actions, obs_shape=(3, 64, 64))
-    world = build_world(cfg.world, info, device=device)
-    agent = build_agent(cfg.agent, info, seed=0, device=device)
+    layout = {"device": device, "channels_last": cfg.run.channels_last}
+    world = build_world(cfg.world, info, **layout)
+    agent = build_agent(cfg.agent, info, seed=0, **layout)
+    if args.compile:
+        compile_hot_modules(world, agent)
     store = random_store(num_episodes=24, length=200, obs_shape=(3, 64, 64),
                          num_actions=args.num_actions)  # fmt: skip
     b, n, w = args.batch_size, args.steps, max(1, args.steps // 3)
@@ -85,6 +89,7 @@ def main(argv=None) -> int:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": threads, "precision": "bf16" if amp else "fp32",
+        "channels_last": cfg.run.channels_last, "compile": args.compile,
         "torch": torch.__version__,
     }  # fmt: skip
     for name, stage in world.stages().items():

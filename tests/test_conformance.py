@@ -65,21 +65,23 @@ def test_agent_is_seeded_and_survives_a_checkpoint(name, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(expected, rollout(c, 4), strict=True))
 
 
-def _smoke_world(name):
+def _smoke_world(name, channels_last=False):
     from worldmodels import config as C
+    from worldmodels.build import build_world
 
     cfg = C.resolve(env="Breakout", world=name, preset="smoke")
-    return WORLDS.get(name)(cfg.world.config, ENV)
+    return build_world(cfg.world, ENV, device=torch.device("cpu"), channels_last=channels_last)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("name", WORLDS.names())
-def test_world_stages_train_on_replay_segments(name):
+def test_world_stages_train_on_replay_segments(name, channels_last):
     from envs.testing import random_store
     from worldmodels.replay import SegmentSampler
     from worldmodels.training import Stage, Updater
 
     torch.manual_seed(0)
-    world = _smoke_world(name)
+    world = _smoke_world(name, channels_last)
     store = random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
     stages = world.stages()
     assert stages, "a world has at least one trainable stage"
@@ -99,13 +101,14 @@ def test_world_stages_train_on_replay_segments(name):
         assert changed, f"{stage_name}: an update must change the weights"
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("name", WORLDS.names())
-def test_world_imagines_in_a_dream_env(name):
+def test_world_imagines_in_a_dream_env(name, channels_last):
     from envs.dream import DreamEnv
     from envs.testing import random_store
 
     torch.manual_seed(0)
-    world = _smoke_world(name).eval()
+    world = _smoke_world(name, channels_last).eval()
     store = random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
     dream = DreamEnv(world, store, num_envs=3, horizon=2, device="cpu")
     obs, info = dream.reset()

@@ -32,15 +32,27 @@ def env_info_of(env: AtariVecEnv) -> EnvInfo:
     )
 
 
-def build_agent(choice: Choice, env_info: EnvInfo, *, seed: int, device: torch.device) -> Any:
+def build_agent(
+    choice: Choice, env_info: EnvInfo, *, seed: int, device: torch.device,
+    channels_last: bool = False,
+) -> Any:  # fmt: skip
     """The registered agent class, built from its config and moved to ``device``."""
     cls = AGENTS.get(choice.name)
-    return cls(choice.config, env_info, seed=derive_seed(seed, "agent")).to(device)
+    agent = cls(choice.config, env_info, seed=derive_seed(seed, "agent"))
+    return agent.to(device, memory_format=_format(channels_last))
 
 
-def build_world(choice: Choice, env_info: EnvInfo, *, device: torch.device) -> Any:
+def _format(channels_last: bool) -> torch.memory_format:
+    # Only 4-D parameters (conv weights) change layout; activations follow the weights.
+    return torch.channels_last if channels_last else torch.preserve_format
+
+
+def build_world(
+    choice: Choice, env_info: EnvInfo, *, device: torch.device, channels_last: bool = False
+) -> Any:
     """The registered world class, built from its config and moved to ``device``."""
-    return WORLDS.get(choice.name)(choice.config, env_info).to(device)
+    world = WORLDS.get(choice.name)(choice.config, env_info)
+    return world.to(device, memory_format=_format(channels_last))
 
 
 def compile_hot_modules(*components: Any) -> int:

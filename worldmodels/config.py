@@ -107,6 +107,8 @@ class RunConfig:
     """Allow TF32 matmuls on CUDA (set once in the entry point)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Autocast for the networks: auto = bf16 on CUDA, fp32 on CPU (bitwise repeatable)."""
+    channels_last: bool = True
+    """Keep convolution weights and activations channels-last (faster convs on CPU and GPU)."""
     compile: bool = False
     """``torch.compile`` the hot modules of the world and agent (worth it on CUDA)."""
     progress: bool = True

@@ -63,7 +63,7 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w)
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, C / heads) each
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C / heads)
         y = y.transpose(-1, -2).reshape(b, c, h, w)
