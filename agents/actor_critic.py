@@ -189,6 +189,7 @@ class ActorCritic(nn.Module):
         with ``num_envs=config.num_envs, horizon=config.horizon``); returns scalars to log."""
         if self._updater is None:
             self._updater = self._make_updater()
+        self._updater.amp = getattr(dream, "amp", False)  # the run's precision travels with it
         return self._updater.update(self.imagination_loss, dream)
 
     def _make_updater(self) -> Updater:
