@@ -329,10 +329,12 @@ def check_segments(batch: Batch, episodes, seq_len, pad_left, pad_right):
     B = batch.obs.shape[0]
     assert batch.obs.shape == (B, seq_len, *FRAME) and batch.obs.dtype == torch.uint8
     for x, dtype in zip(
-        batch[1:], (torch.int64, torch.float32, torch.bool, torch.bool, torch.bool), strict=True
+        batch[1:],
+        (torch.int64, torch.float32, torch.bool, torch.bool, torch.bool, torch.int64),
+        strict=True,
     ):
         assert x.shape == (B, seq_len) and x.dtype == dtype
-    obs, act, rew, end, trunc, mask = (x.numpy() for x in batch)
+    obs, act, rew, end, trunc, mask = (x.numpy() for x in batch[:6])
     drawn = []
     for b in range(B):
         real = np.flatnonzero(obs[b, :, 2, 0, 0])  # the marker is 1 on every real row
@@ -542,3 +544,21 @@ def test_end_before_final_never_ends_a_segment_on_the_final_observation():
         assert rows == set(range(lengths[e])), (e, rows)
     with pytest.raises(ValueError, match="pad_right"):
         SegmentSampler(store, 4, pad_right=1, end_before_final=True)
+
+
+def test_frame_ids_name_each_real_frame_uniquely():
+    store = ReplayStore(None)
+    for e, length in enumerate((3, 1, 6)):
+        obs = np.zeros((length + 1, 1, 2, 2), np.uint8)
+        obs[:, 0, 0, 0] = np.arange(length + 1)
+        obs[:, 0, 0, 1] = e
+        store.add(Episode(obs, np.zeros(length, np.int64), np.zeros(length, np.float32), True, False))
+    offsets = store.frame_offsets()
+    assert offsets.tolist() == [0, 4, 6]
+    batch = SegmentSampler(store, 5, pad_left=2, pad_right=2, seed=3).sample(64)
+    ids = batch.frame_ids
+    assert ((ids == -1) == ~batch.mask).all()
+    real = batch.mask
+    row, ep = batch.obs[..., 0, 0, 0].long(), batch.obs[..., 0, 0, 1].long()
+    assert torch.equal(ids[real], torch.as_tensor(offsets)[ep[real]] + row[real])
+    assert int(ids.max()) < store.num_frames

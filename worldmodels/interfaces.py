@@ -27,6 +27,8 @@ class Batch(NamedTuple):
     episode is a row of its own with ``act = 0, rew = 0, end = trunc = False``. ``mask[t]`` is
     False on padding rows (before an episode's start or after its final observation), whose
     contents are zeros. A transition ``t -> t + 1`` is real data where ``mask[t + 1]`` is True.
+    ``frame_ids`` name each real frame uniquely across the replay store (``ReplayStore.
+    frame_offsets``), so per-frame caches (e.g. IRIS's tokens) can be keyed by them.
     """
 
     obs: Tensor  # (B, T, C, H, W) uint8
@@ -35,9 +37,10 @@ class Batch(NamedTuple):
     end: Tensor  # (B, T) bool
     trunc: Tensor  # (B, T) bool
     mask: Tensor  # (B, T) bool
+    frame_ids: Tensor | None = None  # (B, T) int64 global frame id in replay (-1 on padding)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(*(x.to(device, non_blocking=non_blocking) for x in self))
+        return Batch(*(None if x is None else x.to(device, non_blocking=non_blocking) for x in self))
 
 
 @dataclass(frozen=True)

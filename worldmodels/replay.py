@@ -312,6 +312,13 @@ class ReplayStore:
     def __getitem__(self, i: int) -> Episode:
         return self._episodes[i]
 
+    def frame_offsets(self) -> np.ndarray:
+        """``(num_episodes,)`` int64: the global id of each episode's first frame. Frames are
+        numbered consecutively across episodes in store order (episode ``e`` row ``t`` is frame
+        ``offsets[e] + t``), so ids never change as the store grows."""
+        lengths = self._tables()[0]
+        return np.concatenate(([0], np.cumsum(lengths + 1)[:-1])).astype(np.int64)
+
     def lengths(self) -> np.ndarray:
         """``(num_episodes,)`` int64: the number of transitions of each episode."""
         return self._tables()[0].copy()
@@ -454,6 +461,7 @@ class SegmentSampler:
             act[b, i:k] = episode.act[first : first + k - i]
             rew[b, i:k] = episode.rew[first : first + k - i]
 
+        frame_ids = np.where(mask, store.frame_offsets()[eps][:, None] + rows, -1)  # (B, T)
         return Batch(
             obs=torch.from_numpy(obs),
             act=torch.from_numpy(act),
@@ -461,6 +469,7 @@ class SegmentSampler:
             end=torch.from_numpy(end),
             trunc=torch.from_numpy(trunc),
             mask=torch.from_numpy(mask),
+            frame_ids=torch.from_numpy(frame_ids),
         )
 
     def state_dict(self) -> dict:
