@@ -43,9 +43,10 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from worldmodels.build import build_agent, env_factory, env_info_of
+    from worldmodels.build import build_agent, build_world, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes
+    from worldmodels.observe import Observer
     from worldmodels.results import results_record, summary_line, write_results
     from worldmodels.runs import RunDir, versions
     from worldmodels.seeding import derive_seed
@@ -101,6 +102,12 @@ def main(argv=None) -> int:
             channels_last=cfg.run.channels_last,
         )  # fmt: skip
         modules = {"agent": agent}
+        world = None
+        if cfg.world is not None:  # features or the world's view of frames may feed the agent
+            world = build_world(
+                cfg.world, env_info_of(env), device=device, channels_last=cfg.run.channels_last
+            )
+            modules["world"] = world.eval()
         step = 0
         if ckpt is not None:
             _, meta = load_checkpoint(ckpt, modules, map_location=device)
@@ -123,6 +130,7 @@ def main(argv=None) -> int:
             episodes,
             seed=derive_seed(cfg.run.seed, "evaluate"),
             device=device,
+            observer=Observer(agent, world, device),
             epsilon=cfg.eval.epsilon,
             greedy=cfg.eval.greedy,
             video_max_frames=cfg.eval.video_max_frames if cfg.eval.video else 0,

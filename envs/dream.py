@@ -8,6 +8,10 @@ step reads anything back to the host: finished rows are replaced with ``torch.wh
 trajectories that ``reset()`` started alongside the active ones. (A row that finishes twice before
 the next ``reset()`` restarts from its spare context again.)
 
+Agents that observe features (``observe="features"``) get ``world.features(state)`` ``(B, D)``
+instead of frames, in ``obs`` and in ``final_obs``. Pixel agents see context frames through
+``world.agent_view`` when the world defines one (IRIS: tokenizer reconstructions).
+
 For agents that burn in a recurrent state on the real frames before the first imagined one,
 ``reset()`` returns the contexts in ``info``: ``context_obs (B, T0, C, H, W)`` uint8,
 ``context_act (B, T0)``, ``context_mask (B, T0)`` for the active rows and ``next_context_*`` for
@@ -53,6 +57,7 @@ class DreamEnv:
         seed: int = 0,
         recency_weights: tuple[float, ...] | None = None,
         amp: bool = False,
+        observe: str = "pixels",
     ) -> None:
         if num_envs < 1 or horizon < 1:
             raise ValueError(f"num_envs and horizon must be >= 1, got {num_envs}, {horizon}")
@@ -64,6 +69,12 @@ class DreamEnv:
         self.obs_shape = tuple(world.obs_shape)
         self.context_len = world.context_len
         self.amp = amp  # bf16 autocast around the world's calls
+        if observe not in ("pixels", "features"):
+            raise ValueError(f"observe must be 'pixels' or 'features', got {observe!r}")
+        if observe == "features" and not hasattr(world, "features"):
+            raise ValueError(f"{type(world).__name__} exposes no features to observe")
+        self.observe = observe
+        self.view = getattr(world, "agent_view", None)  # what pixel agents see of real frames
         self.sampler = SegmentSampler(
             store, world.context_len, pad_left=world.context_len - 1, end_before_final=True,
             recency_weights=recency_weights, seed=seed,
@@ -83,15 +94,24 @@ class DreamEnv:
         ctx = self.contexts(2 * b)
         with torch.inference_mode(), autocast(self.device, self.amp):
             state, obs = self.world.imagine_start(ctx.obs, ctx.act, ctx.mask)
+            obs = self._observed(state, obs)
+            ctx_obs = ctx.obs
+            if self.view is not None and self.observe == "pixels":
+                n, t = ctx_obs.shape[:2]
+                ctx_obs = self.view(ctx_obs.flatten(0, 1)).unflatten(0, (n, t))
         self._state, self._spare = _rows(state, slice(0, b)), _rows(state, slice(b, 2 * b))
         self._spare_obs = obs[b:]
         self._t = torch.zeros(b, dtype=torch.long, device=self.device)
         info = {
-            "context_obs": ctx.obs[:b], "context_act": ctx.act[:b], "context_mask": ctx.mask[:b],
-            "next_context_obs": ctx.obs[b:], "next_context_act": ctx.act[b:],
+            "context_obs": ctx_obs[:b], "context_act": ctx.act[:b], "context_mask": ctx.mask[:b],
+            "next_context_obs": ctx_obs[b:], "next_context_act": ctx.act[b:],
             "next_context_mask": ctx.mask[b:],
         }  # fmt: skip
         return obs[:b].clone(), info
+
+    def _observed(self, state: dict[str, Tensor], obs: Tensor) -> Tensor:
+        """The agent's view of a state: the frame, or the world's features ``(B, D)``."""
+        return self.world.features(state) if self.observe == "features" else obs
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """``action (B,)`` -> ``obs (B, C, H, W) uint8, reward (B,) float32, terminated (B,) bool,
@@ -102,11 +122,13 @@ class DreamEnv:
         with torch.inference_mode():
             with autocast(self.device, self.amp):
                 state, obs, reward, end = self.world.imagine_step(self._state, action)
+                obs = self._observed(state, obs)
             t = self._t + 1
             trunc = (t >= self.horizon) & ~end
             done = end | trunc
             self._state = where_rows(done, self._spare, state)
-            next_obs = torch.where(done.view(-1, 1, 1, 1), self._spare_obs, obs)
+            rows = done.view(-1, *([1] * (obs.ndim - 1)))
+            next_obs = torch.where(rows, self._spare_obs, obs)
             self._t = torch.where(done, torch.zeros_like(t), t)
         # Clones leave inference mode, so an agent may feed these into its autograd graph.
         info = {"final_obs": obs.clone()}

@@ -552,7 +552,9 @@ def test_frame_ids_name_each_real_frame_uniquely():
         obs = np.zeros((length + 1, 1, 2, 2), np.uint8)
         obs[:, 0, 0, 0] = np.arange(length + 1)
         obs[:, 0, 0, 1] = e
-        store.add(Episode(obs, np.zeros(length, np.int64), np.zeros(length, np.float32), True, False))
+        store.add(
+            Episode(obs, np.zeros(length, np.int64), np.zeros(length, np.float32), True, False)
+        )
     offsets = store.frame_offsets()
     assert offsets.tolist() == [0, 4, 6]
     batch = SegmentSampler(store, 5, pad_left=2, pad_right=2, seed=3).sample(64)

@@ -54,6 +54,8 @@ def test_diffusion_world_run_logs_what_it_promises(tmp_path):
     assert "imagination/real_vs_imagined" in t["images"]
     results = json.loads((d / "results.json").read_text())
     assert results["world"] == "diffusion" and results["agent"] == "actor_critic"
+    out = run("evaluate.py", d, "--episodes", "1", cwd=tmp_path)  # loads the world too
+    assert "Breakout: mean return" in out.stdout
 
 
 def _state(d):

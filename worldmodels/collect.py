@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldmodels.observe import Observer
 from worldmodels.replay import EpisodeBuilder, ReplayStore
 from worldmodels.tb import progress
 
@@ -56,9 +57,11 @@ class Collector:
         epsilon: float,
         seed: int,
         device: torch.device | str = "cpu",
+        observer: Observer | None = None,
     ) -> None:
         self.env = env
         self.store = store
+        self.observer = observer
         self.epsilon = epsilon
         self.seed = seed
         self.device = torch.device(device)
@@ -77,6 +80,9 @@ class Collector:
         self._agent_state = agent.initial_state(n, self.device)
         self._first = torch.ones(n, dtype=torch.bool)
         self._game_returns[:] = 0.0
+        if self.observer is None:
+            self.observer = Observer(agent, None, self.device)
+        self.observer.reset(n)
 
     def collect(
         self,
@@ -101,13 +107,14 @@ class Collector:
             stats.nonzero_rewards < min_nonzero_rewards and stats.steps < limit
         ):
             with torch.inference_mode():
-                obs = self._obs.to(self.device, non_blocking=True)
+                seen = self.observer(self._obs, self._first)
                 actions, self._agent_state = agent.act(
-                    obs, self._agent_state, self._first.to(self.device)
+                    seen, self._agent_state, self._first.to(self.device)
                 )
             actions = _epsilon_greedy(
                 actions.to("cpu", torch.int64), self.epsilon, self.env.num_actions, self.generator
             )
+            self.observer.record(actions)
             next_obs, reward, terminated, truncated, info = self.env.step(actions)
             done = terminated | truncated
             final_obs = info["final_obs"]
@@ -176,6 +183,7 @@ def play_test_episodes(
     greedy: bool = False,
     video_max_frames: int = 0,
     show_progress: bool = False,
+    observer: Observer | None = None,
 ) -> TestResult:
     """Play ``episodes`` complete test episodes on ``env`` (a test-mode vector env).
 
@@ -197,6 +205,8 @@ def play_test_episodes(
     obs, _ = env.reset(seed=seed)
     state = agent.initial_state(n, device)
     first = torch.ones(n, dtype=torch.bool)
+    observer = observer or Observer(agent, None, device)
+    observer.reset(n)
     frames = [obs[0].numpy()] if video_max_frames > 0 else []
     recording = video_max_frames > 0
     steps = 0
@@ -204,10 +214,12 @@ def play_test_episodes(
     bar = progress(total=episodes, desc="test", enabled=show_progress, unit="episode")
     while (done_count < quotas).any():
         with torch.inference_mode():
-            actions, state = agent.act(obs.to(device), state, first.to(device), greedy=greedy)
+            seen = observer(obs, first)
+            actions, state = agent.act(seen, state, first.to(device), greedy=greedy)
         actions = _epsilon_greedy(
             actions.to("cpu", torch.int64), epsilon, env.num_actions, generator
         )
+        observer.record(actions)
         obs, reward, terminated, truncated, info = env.step(actions)
         done = (terminated | truncated).numpy()
         running_ret += reward.numpy()

@@ -19,6 +19,7 @@ from envs.dream import DreamEnv
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
 from worldmodels.config import Config, to_dict
+from worldmodels.observe import Observer
 from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.results import results_record, summary_line, write_results
 from worldmodels.runs import RunDir
@@ -106,6 +107,7 @@ class OnlineSchedule:
                     world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
                     device=device, seed=derive_seed(seed, "dream"),
                     recency_weights=agent_training.recency_weights, amp=amp,
+                    observe=agent.observes,
                 )  # fmt: skip
 
     # ---------------------------------------------------------------- building blocks
@@ -118,6 +120,7 @@ class OnlineSchedule:
             epsilon=self.cfg.schedule.collect_epsilon,
             seed=seed,
             device=self.device,
+            observer=Observer(self.agent, self.world, self.device),
         )
 
     def _modules(self) -> dict[str, torch.nn.Module]:
@@ -181,6 +184,7 @@ class OnlineSchedule:
                 greedy=e.greedy,
                 video_max_frames=e.video_max_frames if (video and e.video) else 0,
                 show_progress=self.cfg.run.progress,
+                observer=Observer(self.agent, self.world, self.device),
             )
         finally:
             env.close()

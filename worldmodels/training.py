@@ -134,6 +134,7 @@ class Stage:
     module: nn.Module
     loss: Callable[[Batch], tuple[Tensor, dict]]
     training: StageTraining
+    after_update: Callable[[], None] | None = None  # e.g. bump a version that caches depend on
 
 
 class StageTrainer:
@@ -160,7 +161,11 @@ class StageTrainer:
 
     def train(self, steps: int) -> dict[str, float]:
         """``steps`` updates; returns the mean of each logged value."""
-        logs = [self.updater.update(self.stage.loss, batch) for batch in self.batches(steps)]
+        logs = []
+        for batch in self.batches(steps):
+            logs.append(self.updater.update(self.stage.loss, batch))
+            if self.stage.after_update is not None:
+                self.stage.after_update()
         return mean_logs(logs)
 
     def state_dict(self) -> dict:

@@ -1,0 +1,64 @@
+"""What an agent sees of the real game: pixels, pixels through the world's eyes, or world features.
+
+An agent declares ``observes = "pixels"`` or ``"features"``. Pixel agents get the real frames,
+passed through ``world.agent_view`` when the world defines one (IRIS's actor-critic sees the
+tokenizer's reconstructions, as published). Feature agents get ``world.observe(...)``: the same
+features (``world.features``) the world gives them in imagination, computed from real frames (the
+VAE world: ``[z_t, h_t]``, the encoded frame and the MDN-RNN state after the previous action).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from worldmodels.errors import UserError
+
+
+def check_observable(agent: Any, world: Any) -> None:
+    """A one-line error if ``agent`` wants features that ``world`` does not expose."""
+    if getattr(agent, "observes", "pixels") != "features":
+        return
+    name = getattr(agent, "registry_name", type(agent).__name__)
+    if world is None:
+        raise UserError(f"agent {name!r} observes world features: choose a --world for it")
+    if not (hasattr(world, "observe") and hasattr(world, "features")):
+        raise UserError(
+            f"agent {name!r} observes features, which world "
+            f"{getattr(world, 'registry_name', type(world).__name__)!r} does not expose"
+        )
+
+
+class Observer:
+    """Turns real frames into the agent's input, keeping whatever state the world needs."""
+
+    def __init__(self, agent: Any, world: Any, device: torch.device | str) -> None:
+        check_observable(agent, world)
+        self.features = getattr(agent, "observes", "pixels") == "features"
+        self.world = world
+        self.view = None if world is None else getattr(world, "agent_view", None)
+        self.device = torch.device(device)
+        self._state: Any = None
+        self._prev_action: Tensor | None = None
+
+    def reset(self, num_envs: int) -> None:
+        self._state = None
+        self._prev_action = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def __call__(self, obs: Tensor, first: Tensor) -> Tensor:
+        """``obs (B, C, H, W)`` uint8 (any device), ``first (B,)`` bool -> the agent's input."""
+        obs = obs.to(self.device, non_blocking=True)
+        first = first.to(self.device)
+        if self.features:
+            if self._prev_action is None:
+                self.reset(obs.shape[0])
+            self._state, feats = self.world.observe(self._state, obs, self._prev_action, first)
+            return feats
+        return obs if self.view is None else self.view(obs)
+
+    def record(self, actions: Tensor) -> None:
+        """The actions just taken (feature worlds update their recurrent state with them)."""
+        self._prev_action = actions.to(self.device, torch.long)
