@@ -121,7 +121,9 @@ class DreamEnv:
         action = action.to(self.device, torch.long)
         with torch.inference_mode():
             with autocast(self.device, self.amp):
-                state, obs, reward, end = self.world.imagine_step(self._state, action)
+                state, obs, reward, end = self.world.imagine_step(
+                    self._state, action, render=self.observe == "pixels"
+                )
                 obs = self._observed(state, obs)
             t = self._t + 1
             trunc = (t >= self.horizon) & ~end

@@ -52,6 +52,7 @@ class EnvInfo:
     num_actions: int
     obs_shape: tuple[int, int, int]  # (C, H, W) of the uint8 pixel observations
     action_meanings: tuple[str, ...] = ()
+    feature_dim: int | None = None  # size of the world's features, for agents that observe them
 
 
 @runtime_checkable
@@ -144,7 +145,10 @@ class World(Protocol):
         Returns the state and the first observation ``(B, C, H, W)`` uint8 (the last context frame)."""
         ...
 
-    def imagine_step(self, state: dict, action: Tensor) -> tuple[dict, Tensor, Tensor, Tensor]:
+    def imagine_step(
+        self, state: dict, action: Tensor, *, render: bool = True
+    ) -> tuple[dict, Tensor | None, Tensor, Tensor]:
         """``action (B,) int64`` -> ``(state, obs (B, C, H, W) uint8, reward (B,) float32,
-        end (B,) bool)``."""
+        end (B,) bool)``. With ``render=False`` (agents that observe features) a world whose frames
+        cost a decoder pass may skip it and return ``None`` for ``obs``."""
         ...

@@ -109,7 +109,9 @@ class DiffusionWorld(nn.Module):
         h, c = state
         return {"obs": x, "act": act.clone(), "h": h, "c": c}, obs[:, -1]
 
-    def imagine_step(self, state: dict, action: Tensor) -> tuple[dict, Tensor, Tensor, Tensor]:
+    def imagine_step(
+        self, state: dict, action: Tensor, *, render: bool = True
+    ) -> tuple[dict, Tensor, Tensor, Tensor]:
         c = self.config
         act = torch.cat((state["act"][:, :-1], action[:, None]), dim=1)  # (B, T0) ends with a_t
         next_x = self.denoiser.sample(
