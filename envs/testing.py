@@ -61,7 +61,9 @@ class BanditWorld(nn.Module):
         return {"frame": frame, "t": torch.zeros(obs.shape[0], dtype=torch.long,
                                                  device=obs.device)}, frame  # fmt: skip
 
-    def imagine_step(self, state: dict, action: Tensor) -> tuple[dict, Tensor, Tensor, Tensor]:
+    def imagine_step(
+        self, state: dict, action: Tensor, *, render: bool = True
+    ) -> tuple[dict, Tensor, Tensor, Tensor]:
         frame = (state["frame"].to(torch.int16) + 1).clamp(max=255).to(torch.uint8)
         reward = (action == self.good_action).float()
         end = torch.rand(action.shape[0], device=action.device) < self.end_prob
