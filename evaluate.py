@@ -43,7 +43,7 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from worldmodels.build import build_agent, build_world, env_factory, env_info_of
+    from worldmodels.build import build_world_and_agent, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes
     from worldmodels.observe import Observer
@@ -97,16 +97,12 @@ def main(argv=None) -> int:
     env = env_factory(cfg.env)("test", num_envs)
     logger = TBLogger(str(run.tb))
     try:
-        agent = build_agent(
-            cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
+        world, agent = build_world_and_agent(
+            cfg.world, cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
             channels_last=cfg.run.channels_last,
         )  # fmt: skip
         modules = {"agent": agent}
-        world = None
-        if cfg.world is not None:  # features or the world's view of frames may feed the agent
-            world = build_world(
-                cfg.world, env_info_of(env), device=device, channels_last=cfg.run.channels_last
-            )
+        if world is not None:  # features or the world's view of frames may feed the agent
             modules["world"] = world.eval()
         step = 0
         if ckpt is not None:

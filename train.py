@@ -41,15 +41,14 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     from worldmodels.build import (
-        build_agent,
-        build_world,
+        build_world_and_agent,
         compile_hot_modules,
         env_factory,
         env_info_of,
     )
     from worldmodels.replay import ReplayStore
     from worldmodels.runs import RunDir, default_run_name, versions
-    from worldmodels.schedule import OnlineSchedule
+    from worldmodels.staged import schedule_class
     from worldmodels.tb import TBLogger
 
     if args.resume:
@@ -95,13 +94,14 @@ def main(argv=None) -> int:
         probe = make_env("train", 1)
         info = env_info_of(probe)
         probe.close()
-        layout = {"device": device, "channels_last": cfg.run.channels_last}
-        agent = build_agent(cfg.agent, info, seed=cfg.run.seed, **layout)
-        world = None if cfg.world is None else build_world(cfg.world, info, **layout)
+        world, agent = build_world_and_agent(
+            cfg.world, cfg.agent, info, seed=cfg.run.seed, device=device,
+            channels_last=cfg.run.channels_last,
+        )  # fmt: skip
         if cfg.run.compile:
             print(f"torch.compile: {compile_hot_modules(world, agent)} modules")
         ver = versions()
-        schedule = OnlineSchedule(
+        schedule = schedule_class(cfg, world)(
             cfg,
             run,
             agent=agent,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from envs.dream import DreamEnv  # noqa: E402
 from envs.testing import random_store  # noqa: E402
 from worldmodels import config as C  # noqa: E402
-from worldmodels.build import build_agent, build_world, compile_hot_modules  # noqa: E402
+from worldmodels.build import build_world_and_agent, compile_hot_modules  # noqa: E402
 from worldmodels.cli import resolve_device, use_amp  # noqa: E402
 from worldmodels.interfaces import EnvInfo  # noqa: E402
 from worldmodels.nn.blocks import count_parameters  # noqa: E402
@@ -75,9 +75,9 @@ def main(argv=None) -> int:
     )  # fmt: skip
     amp = use_amp(cfg.run, device)
     info = EnvInfo(num_actions=args.num_actions, obs_shape=(3, 64, 64))
-    layout = {"device": device, "channels_last": cfg.run.channels_last}
-    world = build_world(cfg.world, info, **layout)
-    agent = build_agent(cfg.agent, info, seed=0, **layout)
+    world, agent = build_world_and_agent(
+        cfg.world, cfg.agent, info, seed=0, device=device, channels_last=cfg.run.channels_last
+    )
     if args.compile:
         compile_hot_modules(world, agent)
     store = random_store(num_episodes=24, length=200, obs_shape=(3, 64, 64),

@@ -140,7 +140,7 @@ def test_evaluate_random_agent_and_a_trained_run(tmp_path):
         (["train.py", "--set", "schedule.epochz=1"], "unknown config key 'schedule.epochz'"),
         (["train.py", "--bogus"], "unrecognized arguments: --bogus"),
         (["train.py", "--resume", "nowhere"], "nowhere is not a run directory"),
-        (["evaluate.py", "--agent", "nope"], "unknown agent 'nope' (valid: actor_critic, random"),
+        (["evaluate.py", "--agent", "nope"], "unknown agent 'nope' (valid: actor_critic, "),
         (["evaluate.py", "norun"], "norun is not a run directory"),
     ],
 )

@@ -13,13 +13,23 @@ from worldmodels.interfaces import Agent, EnvInfo
 from worldmodels.registry import AGENTS, DYNAMICS, ENCODERS, WORLDS
 
 ENV = EnvInfo(
-    num_actions=4, obs_shape=(3, 64, 64), action_meanings=("NOOP", "FIRE", "RIGHT", "LEFT")
+    num_actions=4,
+    obs_shape=(3, 64, 64),
+    action_meanings=("NOOP", "FIRE", "RIGHT", "LEFT"),
+    feature_dim=8,  # for agents that observe a world's features
 )
 
 
 def _agent(name, seed=0):
     cls = AGENTS.get(name)
     return cls(cls.Config(), ENV, seed=seed)
+
+
+def _obs(agent, n):
+    """What the agent observes: uint8 frames, or float features of the world."""
+    if agent.observes == "features":
+        return torch.randn(n, ENV.feature_dim)
+    return torch.randint(0, 256, (n, *ENV.obs_shape), dtype=torch.uint8)
 
 
 @pytest.mark.parametrize("registry", [AGENTS, WORLDS, ENCODERS, DYNAMICS], ids=lambda r: r.kind)
@@ -36,7 +46,7 @@ def test_agent_acts_with_valid_actions(name):
     agent = _agent(name)
     assert isinstance(agent, Agent) and isinstance(agent, torch.nn.Module)
     assert agent.observes in ("pixels", "features")
-    obs = torch.randint(0, 256, (5, *ENV.obs_shape), dtype=torch.uint8)
+    obs = _obs(agent, 5)
     state = agent.initial_state(5, "cpu")
     first = torch.ones(5, dtype=torch.bool)
     for _ in range(3):
@@ -48,7 +58,7 @@ def test_agent_acts_with_valid_actions(name):
 
 @pytest.mark.parametrize("name", AGENTS.names())
 def test_agent_is_seeded_and_survives_a_checkpoint(name, tmp_path):
-    obs = torch.randint(0, 256, (8, *ENV.obs_shape), dtype=torch.uint8)
+    obs = _obs(_agent(name), 8)
     first = torch.ones(8, dtype=torch.bool)
 
     def rollout(agent, n):

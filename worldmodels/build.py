@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -64,3 +65,18 @@ def compile_hot_modules(*components: Any) -> int:
             module.compile()
             n += 1
     return n
+
+
+def build_world_and_agent(
+    world: Choice | None, agent: Choice, env_info: EnvInfo, *, seed: int,
+    device: torch.device, channels_last: bool = False,
+) -> tuple[Any, Any]:  # fmt: skip
+    """The world (or None) and the agent, in that order: an agent that observes the world's
+    features learns their size (``EnvInfo.feature_dim``) from it."""
+    w = None
+    if world is not None:
+        w = build_world(world, env_info, device=device, channels_last=channels_last)
+        if hasattr(w, "feature_dim"):
+            env_info = dataclasses.replace(env_info, feature_dim=w.feature_dim)
+    a = build_agent(agent, env_info, seed=seed, device=device, channels_last=channels_last)
+    return w, a

@@ -39,8 +39,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The online schedule (IRIS / DIAMOND): collect real steps, train each stage, train the agent."""
+    """The online schedule (IRIS / DIAMOND): collect real steps, train each stage, train the agent;
+    or the staged one (World Models): each phase to completion, one after another."""
 
+    kind: Literal["auto", "online", "staged"] = "auto"
+    """auto = the world's own schedule (vae: staged; diffusion, iris: online)."""
+    staged_chunk: int = 100
+    """Staged schedule: steps (or env steps, or generations) between checkpoints inside a phase."""
     epochs: int = 1000
     """Epochs after the initial collection; each collects, trains every stage, trains the agent."""
     initial_collect_steps: int = 5000

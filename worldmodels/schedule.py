@@ -52,6 +52,9 @@ class Counters:
     initial_collect_done: bool = False
     replay_episodes: int = 0  # finished episodes in replay when the checkpoint was written
     resumes: int = 0
+    phase: int = 0  # staged schedule: index of the phase in progress
+    phase_step: int = 0  # staged schedule: steps done inside that phase
+    updates: int = 0  # staged schedule: gradient steps / generations so far (TensorBoard x-axis)
 
 
 class OnlineSchedule:
@@ -120,8 +123,12 @@ class OnlineSchedule:
             epsilon=self.cfg.schedule.collect_epsilon,
             seed=seed,
             device=self.device,
-            observer=Observer(self.agent, self.world, self.device),
+            observer=Observer(self.collect_agent(), self.world, self.device),
         )
+
+    def collect_agent(self) -> torch.nn.Module:
+        """The policy that collects real experience (the agent being trained, here)."""
+        return self.agent
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         modules = {"agent": self.agent}
@@ -155,7 +162,7 @@ class OnlineSchedule:
         s = self.cfg.schedule
         if initial:
             stats = self.collector.collect(
-                self.agent,
+                self.collect_agent(),
                 steps,
                 min_nonzero_rewards=s.initial_collect_min_rewards,
                 max_steps=max(0, s.initial_collect_max_steps - self.counters.env_steps),
@@ -163,7 +170,7 @@ class OnlineSchedule:
                 desc="initial collection",
             )
         else:
-            stats = self.collector.collect(self.agent, steps)
+            stats = self.collector.collect(self.collect_agent(), steps)
         self.counters.env_steps += stats.steps
         self._log_collect(stats)
         return stats
@@ -245,12 +252,20 @@ class OnlineSchedule:
         self.logger.scalars(mean, self.counters.env_steps, prefix="agent/")
 
     @torch.inference_mode()
-    def log_imagination(self, num: int = 4) -> None:
+    def log_imagination(self, num: int = 4, step: int | None = None) -> None:
         """A video grid: real frames (left) beside the world's imagination (right) from the same
-        real context under the same recorded actions."""
+        real context under the same recorded actions; and, for worlds with a decoder, real frames
+        above their reconstructions."""
         if self.world is None or self.video_sampler is None or len(self.store) == 0:
             return
+        step = self.counters.env_steps if step is None else step
         batch = self.video_sampler.sample(num).to(self.device)
+        recon = getattr(self.world, "reconstruct", None)
+        if recon is not None:
+            frames = batch.obs[:, 0]
+            with autocast(self.device, self.amp):
+                pairs = torch.cat((frames, recon(frames)))  # (2N, C, H, W): real row, recon row
+            self.logger.images("imagination/reconstructions", pairs.cpu(), step, nrow=num)
         t0 = self.world.context_len
         self.world.eval()
         with autocast(self.device, self.amp):
@@ -264,8 +279,7 @@ class OnlineSchedule:
         real = batch.obs[:, t0 - 1 :]  # (N, H + 1, C, H, W), zeros after an episode ended
         fake = torch.stack(imagined, dim=1)
         pairs = torch.stack((real, fake), dim=1).flatten(0, 1)  # (2N, T, C, H, W): real, imagined
-        self.logger.video("imagination/real_vs_imagined", pairs.cpu(), self.counters.env_steps,
-                          nrow=2)  # fmt: skip
+        self.logger.video("imagination/real_vs_imagined", pairs.cpu(), step, nrow=2)
 
     def project_duration(self) -> float:
         """Time one update of every stage and of the agent (on copies: the run is untouched) and
@@ -304,9 +318,13 @@ class OnlineSchedule:
 
     # ---------------------------------------------------------------- checkpoints
 
+    def checkpoint_name(self) -> str:
+        """Names sort in the order checkpoints are written (pruning keeps the newest)."""
+        return f"epoch_{self.counters.epoch:06d}"  # epoch 0: after the initial collection
+
     def checkpoint(self) -> None:
         self.counters.replay_episodes = len(self.store)
-        name = f"epoch_{self.counters.epoch:06d}"  # epoch 0: after the initial collection
+        name = self.checkpoint_name()
         state = {
             "counters": dataclasses.asdict(self.counters),
             "collector": self.collector.state_dict(),

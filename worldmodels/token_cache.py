@@ -13,6 +13,10 @@ gives (as in the published code), and each frame is encoded at most once per tok
 which it is sampled: with IRIS's schedule (all tokenizer steps of an epoch, then all transformer
 steps) that is at most once per epoch instead of once per batch.
 
+The same cache holds any per-frame encoding: the VAE world keeps its latent means in one
+(``dtype=torch.float32``), so that "encode the dataset, then train the MDN-RNN" happens lazily,
+once per frame, while the VAE is frozen.
+
 The cache lives on the model's device and is not saved in checkpoints: after a resume every frame
 is stale and is re-encoded on first use.
 """
@@ -26,12 +30,15 @@ from torch import Tensor
 
 
 class TokenCache:
-    """``frame id -> (K tokens, tokenizer version)`` with lazy re-encoding of stale frames."""
+    """``frame id -> (K values, encoder version)`` with lazy re-encoding of stale frames."""
 
-    def __init__(self, tokens_per_frame: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, tokens_per_frame: int, device: torch.device | str = "cpu", dtype=torch.long
+    ) -> None:
         self.k = tokens_per_frame
         self.device = torch.device(device)
-        self.tokens = torch.zeros(0, tokens_per_frame, dtype=torch.long, device=self.device)
+        self.dtype = dtype
+        self.tokens = torch.zeros(0, tokens_per_frame, dtype=dtype, device=self.device)
         self.version = torch.zeros(0, dtype=torch.long, device=self.device)
         self.encoded = 0  # frames encoded so far (for logging the savings)
 
@@ -39,7 +46,7 @@ class TokenCache:
         if size <= self.tokens.shape[0]:
             return
         cap = max(size, 2 * self.tokens.shape[0], 1024)
-        tokens = torch.zeros(cap, self.k, dtype=torch.long, device=self.device)
+        tokens = torch.zeros(cap, self.k, dtype=self.dtype, device=self.device)
         version = torch.full((cap,), -1, dtype=torch.long, device=self.device)
         n = self.tokens.shape[0]
         tokens[:n], version[:n] = self.tokens, self.version
@@ -52,9 +59,13 @@ class TokenCache:
         encode: Callable[[Tensor], Tensor],
         version: int,
     ) -> Tensor:
-        """Tokens ``(B, T, K)`` int64 for the frames ``obs`` ``(B, T, C, H, W)`` uint8 with ids
+        """Values ``(B, T, K)`` (int64 tokens by default) for the frames ``obs`` ``(B, T, C, H, W)`` uint8 with ids
         ``frame_ids`` ``(B, T)`` (-1 = padding, whose tokens are 0). ``encode`` maps ``(N, C, H,
         W)`` uint8 frames to ``(N, K)`` tokens with the tokenizer at ``version``."""
+        if self.tokens.numel() == 0:  # an empty cache follows its first batch to the device
+            self.device = frame_ids.device
+            self.tokens = self.tokens.to(self.device)
+            self.version = self.version.to(self.device)
         ids = frame_ids.to(self.device)
         real = ids >= 0
         self._grow(int(ids.max()) + 1 if real.any() else 0)
@@ -63,7 +74,7 @@ class TokenCache:
         if stale.any():
             fresh_ids = ids[stale]
             with torch.no_grad():
-                fresh = encode(obs.to(self.device)[stale]).long()  # (N, K)
+                fresh = encode(obs.to(self.device)[stale]).to(self.dtype)  # (N, K)
             self.tokens[fresh_ids] = fresh
             self.version[fresh_ids] = version
             self.encoded += int(fresh_ids.numel())
