@@ -1,4 +1,5 @@
 """Agents (stage 3). Importing this package registers the built-in ones in ``AGENTS``."""
 
 import agents.actor_critic  # noqa: F401  (registers "actor_critic")
+import agents.cmaes  # noqa: F401  (registers "cmaes")
 from agents import random  # noqa: F401  (registers "random")

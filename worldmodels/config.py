@@ -45,7 +45,9 @@ class ScheduleConfig:
     kind: Literal["auto", "online", "staged"] = "auto"
     """auto = the world's own schedule (vae: staged; diffusion, iris: online)."""
     staged_chunk: int = 100
-    """Staged schedule: steps (or env steps, or generations) between checkpoints inside a phase."""
+    """Staged schedule: gradient steps (or env steps) between checkpoints inside a phase ..."""
+    staged_agent_chunk: int = 5
+    """... and agent updates (CMA-ES generations) between checkpoints in the agent phase."""
     epochs: int = 1000
     """Epochs after the initial collection; each collects, trains every stage, trains the agent."""
     initial_collect_steps: int = 5000

@@ -42,8 +42,8 @@ class StagedSchedule(OnlineSchedule):
     def checkpoint_name(self) -> str:
         return f"phase{self.counters.phase:02d}_{self.counters.phase_step:09d}"
 
-    def _chunk(self, total: int) -> int:
-        return min(max(self.cfg.schedule.staged_chunk, 1), total - self.counters.phase_step)
+    def _chunk(self, total: int, size: int) -> int:
+        return min(max(size, 1), total - self.counters.phase_step)
 
     # ---------------------------------------------------------------- phases
 
@@ -62,7 +62,7 @@ class StagedSchedule(OnlineSchedule):
         bar = progress(total=total, desc=name, enabled=self.cfg.run.progress, unit="step")
         bar.update(self.counters.phase_step)
         while self.counters.phase_step < total:
-            n = self._chunk(total)
+            n = self._chunk(total, self.cfg.schedule.staged_chunk)
             rate = Rate()
             logs = trainer.train(n)
             rate.add(n)
@@ -82,7 +82,7 @@ class StagedSchedule(OnlineSchedule):
         bar = progress(total=total, desc="agent", enabled=self.cfg.run.progress, unit="update")
         bar.update(self.counters.phase_step)
         while self.counters.phase_step < total:
-            n = self._chunk(total)
+            n = self._chunk(total, self.cfg.schedule.staged_agent_chunk)
             frames = Rate()
             logs = []
             for _ in range(n):

@@ -166,5 +166,21 @@ class SmallResBlock(nn.Module):
         return self.skip(x) + self.f(x)
 
 
+class PlainResBlock(nn.Module):
+    """GN -> SiLU -> 3x3 conv -> GN -> SiLU -> dropout -> 3x3 conv, added to the input (through a
+    1x1 projection when widths differ); unconditioned (the VQ-VAE encoder and decoder of IRIS)."""
+
+    def __init__(self, c_in: int, c_out: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.f = nn.Sequential(
+            group_norm(c_in), nn.SiLU(), conv3x3(c_in, c_out),
+            group_norm(c_out), nn.SiLU(), nn.Dropout(dropout), conv3x3(c_out, c_out),
+        )  # fmt: skip
+        self.skip = conv1x1(c_in, c_out) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.skip(x) + self.f(x)
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

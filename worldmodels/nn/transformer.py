@@ -1,0 +1,244 @@
+"""A causal GPT block stack with a key/value cache, shared by every token model of the project.
+
+The stack takes embedded tokens ``(B, T, D)`` and returns features ``(B, T, D)``: embeddings,
+positions and output heads belong to the model that uses it. Blocks are pre-norm (GPT-2, as in
+nanoGPT and IRIS): ``x + attn(LN(x))`` then ``x + mlp(LN(x))``, with a final layer norm.
+
+The ``KVCache`` keeps every layer's keys and values in two preallocated batch-first tensors
+``(B, L, heads, max_tokens, head_dim)``, so calls can append tokens one (or a chunk) at a time.
+Sequences of different lengths share a batch through padding tokens that nothing attends to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of the block stack. Defaults are IRIS's world model (Micheli et al. 2023)."""
+
+    num_layers: int = 10
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads per block (head width = embed_dim / num_heads)."""
+    embed_dim: int = 256
+    """Width D of the token features."""
+    max_tokens: int = 340
+    """Longest sequence, and the size of a cache (IRIS: 20 frames x (16 + 1) tokens)."""
+    dropout: float = 0.1
+    """Dropout on the input, the attention weights and both residual branches (training only)."""
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, for every layer.
+
+    ``k`` and ``v`` are ``(B, L, heads, max_tokens, head_dim)``; the first ``size`` positions of
+    dimension 3 hold the tokens fed so far (the rest is scratch, never read). ``valid (B,
+    max_tokens)`` bool marks which of them later tokens may attend to (False: padding);
+    ``padded`` says whether any token was fed as padding, so calls without padding skip the mask.
+    ``size`` is a host-side int: all rows of a cache hold the same number of tokens, so no call
+    needs to read the device.
+    """
+
+    k: Tensor
+    v: Tensor
+    valid: Tensor
+    size: int = 0
+    padded: bool = False
+
+    @classmethod
+    def empty(
+        cls, num_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
+        device: torch.device | str, dtype: torch.dtype,
+    ) -> KVCache:  # fmt: skip
+        shape = (batch, num_layers, heads, max_tokens, head_dim)
+        return cls(
+            torch.empty(shape, device=device, dtype=dtype),
+            torch.empty(shape, device=device, dtype=dtype),
+            torch.zeros(batch, max_tokens, device=device, dtype=torch.bool),
+        )
+
+    @property
+    def max_tokens(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget every token (the buffers are kept and overwritten by the next calls)."""
+        self.size = 0
+        self.padded = False
+
+    def clone(self) -> KVCache:
+        return KVCache(self.k.clone(), self.v.clone(), self.valid.clone(), self.size, self.padded)
+
+    def index_select(self, rows: Tensor) -> KVCache:
+        """A new cache with the given batch rows ``(R,) int64`` (same size)."""
+        return KVCache(
+            self.k.index_select(0, rows), self.v.index_select(0, rows),
+            self.valid.index_select(0, rows), self.size, self.padded,
+        )  # fmt: skip
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        """Views of layer ``i``'s keys and values, ``(B, heads, max_tokens, head_dim)`` each."""
+        return self.k[:, i], self.v[:, i]
+
+
+def attention_mask(
+    t: int, start: int, key_valid: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """Which keys ``T`` new queries (after ``start`` earlier tokens) may attend to: ``None`` when
+    no mask is needed (one new token without padding, or causal attention from scratch, which
+    ``is_causal`` handles), else ``(T, S + T)`` or, with ``key_valid (B, S + T)``,
+    ``(B, 1, T, S + T)`` bool. Query ``i`` sees keys ``0 .. start + i`` that are valid, and always
+    itself: a padding query with no visible key gives NaN in some SDPA kernels and versions,
+    which would leak into real tokens through 0 * NaN in the next layer."""
+    if key_valid is None and (t == 1 or start == 0):
+        return None
+    causal = torch.ones(t, start + t, dtype=torch.bool, device=device).tril(start)
+    if key_valid is None:
+        return causal
+    keys = torch.arange(start + t, device=device)
+    itself = keys[None, :] == (start + torch.arange(t, device=device))[:, None]  # (T, S + T)
+    return (causal & (key_valid[:, None, :] | itself))[:, None]  # (B, 1, T, S + T)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.attn_dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None
+    ) -> Tensor:
+        """``x (B, T, D)``; with ``kv`` (a layer of a cache holding ``start`` tokens) the new keys
+        and values are written at ``start:start + T`` and the queries see all ``start + T``.
+        ``mask`` is ``attention_mask(...)``: None means causal among the new tokens."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)  # (B, T, D) each
+        q = q.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if kv is not None:
+            k_buf, v_buf = kv  # (B, nh, max_tokens, hs) each
+            k_buf[:, :, start : start + t] = k
+            v_buf[:, :, start : start + t] = v
+            k = k_buf[:, :, : start + t].to(q.dtype)  # (B, nh, S + T, hs)
+            v = v_buf[:, :, : start + t].to(q.dtype)  # (B, nh, S + T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None and t > 1
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D): heads side by side
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.embed_dim, 4 * cfg.embed_dim)
+        self.proj = nn.Linear(4 * cfg.embed_dim, cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.embed_dim)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.embed_dim)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None
+    ) -> Tensor:
+        x = x + self.attn(self.ln1(x), kv, start, mask)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Causal transformer blocks over embedded tokens; see the module docstring."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(cfg.embed_dim)
+        self.apply(init_weights)
+
+    def empty_cache(
+        self, batch: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+        max_tokens: int | None = None,
+    ) -> KVCache:  # fmt: skip
+        """A cache for ``batch`` sequences of up to ``max_tokens`` (default: the config's)."""
+        cfg = self.cfg
+        return KVCache.empty(
+            cfg.num_layers, batch, cfg.num_heads, max_tokens or cfg.max_tokens,
+            cfg.embed_dim // cfg.num_heads, device, dtype,
+        )  # fmt: skip
+
+    def forward(
+        self, x: Tensor, cache: KVCache | None = None, valid: Tensor | None = None
+    ) -> Tensor:
+        """``x (B, T, D)`` float -> ``(B, T, D)``.
+
+        Without a cache, token ``t`` attends to tokens ``0..t``. With a cache holding ``S``
+        tokens, the ``T`` new tokens attend to the ``S`` cached ones and causally to each other,
+        their keys and values are appended and ``cache.size`` becomes ``S + T``.
+
+        ``valid (B, T)`` bool marks padding (False): no later token attends to a padding token
+        (in this call or, through the cache, in later ones). A padding token still attends to
+        itself so its features stay finite; they mean nothing. Positions are the caller's.
+        """
+        b, t, _ = x.shape
+        if cache is None:
+            if t > self.cfg.max_tokens:
+                raise ValueError(f"{t} tokens exceed max_tokens={self.cfg.max_tokens}")
+            start, key_valid = 0, valid
+        else:
+            start = cache.size
+            if start + t > cache.max_tokens:
+                raise ValueError(
+                    f"cache holds {start} tokens: {t} more exceed its {cache.max_tokens}"
+                )
+            if cache.k.shape[0] != b:
+                raise ValueError(f"cache has {cache.k.shape[0]} rows, the input {b}")
+            cache.valid[:, start : start + t] = True if valid is None else valid
+            cache.padded = cache.padded or valid is not None
+            key_valid = cache.valid[:, : start + t] if cache.padded else None  # (B, S + T)
+        mask = attention_mask(t, start, key_valid, x.device)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layer(i), start, mask)
+        if cache is not None:
+            cache.size = start + t
+        return self.ln_f(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation (as in nanoGPT and IRIS): N(0, 0.02) weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
