@@ -51,7 +51,15 @@ def main(argv=None) -> int:
     p.add_argument("--world", default="diffusion")
     p.add_argument("--agent", default=None, help="default: the world's default agent")
     p.add_argument("--preset", default="atari100k")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="imagined trajectories (and stage batch)"
+    )
+    p.add_argument(
+        "--stage-batch-size",
+        type=int,
+        default=None,
+        help="batch of the stage training figures (default: --batch-size)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: half the cores)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
@@ -95,7 +103,8 @@ def main(argv=None) -> int:
     for name, stage in world.stages().items():
         out[f"{name}_params"] = count_parameters(stage.module)
     out["world_params"] = count_parameters(world)
-    out["agent_params"] = count_parameters(agent)
+    # evolved agents keep their parameters outside autograd (``num_params``)
+    out["agent_params"] = count_parameters(agent) or getattr(agent, "num_params", 0)
 
     for name, stage in world.stages().items():
         stage = dataclasses.replace(
@@ -108,7 +117,9 @@ def main(argv=None) -> int:
         out[f"{name}_train_steps_per_s"] = 1.0 / sec
 
     horizon = getattr(agent.config, "horizon", 15)
-    dream = DreamEnv(world, store, num_envs=b, horizon=10**9, device=device, amp=amp)
+    dream = DreamEnv(
+        world, store, num_envs=b, horizon=10**9, device=device, amp=amp, observe=agent.observes
+    )
     dream.reset()
     actions = torch.zeros(b, dtype=torch.long, device=device)
     world.eval()
@@ -120,14 +131,23 @@ def main(argv=None) -> int:
         out["denoising_steps"] = denoising
 
     if getattr(agent.config, "training", None) is not None:
-        agent_cfg = dataclasses.replace(agent.config, num_envs=b)
-        agent.config = agent_cfg
-        adream = DreamEnv(world, store, num_envs=b, horizon=horizon, device=device, amp=amp)
+        if "num_envs" in {f.name for f in dataclasses.fields(agent.config)}:
+            agent.config = dataclasses.replace(agent.config, num_envs=b)  # else fixed by the agent
+        m = agent.config.num_envs
+        adream = DreamEnv(
+            world, store, num_envs=m, horizon=horizon, device=device, amp=amp,
+            observe=agent.observes,
+        )  # fmt: skip
         sec = timed(lambda: agent.train_in_imagination(adream), max(1, n // 2), 1, device)
         out["agent_update_s"] = sec
         out["agent_updates_per_s"] = 1.0 / sec
+        out["agent_updates_per_min"] = 60.0 / sec
+        out["agent_imagined_trajectories"] = m
         out["agent_horizon"] = horizon
-        obs = torch.zeros(b, 3, 64, 64, dtype=torch.uint8, device=device)
+        if agent.observes == "features":
+            obs = torch.zeros(b, world.feature_dim, device=device)
+        else:
+            obs = torch.zeros(b, 3, 64, 64, dtype=torch.uint8, device=device)
         state = agent.initial_state(b, device)
         first = torch.ones(b, dtype=torch.bool, device=device)
         with torch.inference_mode(), autocast(device, amp):
@@ -139,8 +159,10 @@ def main(argv=None) -> int:
     else:
         width = max(map(len, out))
         for key, value in out.items():
-            shown = f"{value:,.3f}" if isinstance(value, float) else (
-                f"{value:,}" if isinstance(value, int) else str(value))  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                shown = str(value)
+            else:
+                shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
             print(f"{key:<{width}}  {shown}")
     return 0
 

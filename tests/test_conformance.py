@@ -133,3 +133,44 @@ def test_world_imagines_in_a_dream_env(name, channels_last):
         assert not (term & trunc).any()
         assert torch.equal(trunc, ~term & (t + 1 - started == 2))  # the horizon of 2 steps
         started = torch.where(term | trunc, t + 1, started)
+
+
+# Every agent in every world: "any agent trains in any world" is a test, not a claim.
+SMALL_AGENT = {
+    "actor_critic": ["agent.num_envs=2", "agent.horizon=2"],
+    "cmaes": ["agent.population=2", "agent.rollouts_per_candidate=1", "agent.horizon=2"],
+}
+
+
+@pytest.mark.parametrize("world_name", WORLDS.names())
+@pytest.mark.parametrize("agent_name", AGENTS.names())
+def test_every_agent_trains_in_every_world(agent_name, world_name):
+    from envs.dream import DreamEnv
+    from envs.testing import random_store
+    from worldmodels import config as C
+    from worldmodels.build import build_world_and_agent
+
+    torch.manual_seed(0)
+    cfg = C.resolve(
+        env="Breakout", world=world_name, agent=agent_name, preset="smoke",
+        overrides=SMALL_AGENT.get(agent_name, []),
+    )  # fmt: skip
+    world, agent = build_world_and_agent(
+        cfg.world, cfg.agent, ENV, seed=0, device=torch.device("cpu")
+    )
+    store = random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
+    num_envs = getattr(agent.config, "num_envs", 2)
+    horizon = getattr(agent.config, "horizon", 2)
+    dream = DreamEnv(world, store, num_envs=num_envs, horizon=horizon, device="cpu",
+                     observe=agent.observes)  # fmt: skip
+    before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
+    logs = agent.train_in_imagination(dream)
+    assert all(isinstance(v, float) for v in logs.values())
+    if getattr(agent.config, "training", None) is not None:
+        after = agent.state_dict()
+        assert any(not torch.equal(v, after[k]) for k, v in before.items()), "no update happened"
+    obs, _ = dream.reset()
+    actions, _ = agent.act(
+        obs, agent.initial_state(num_envs, "cpu"), torch.ones(num_envs, dtype=torch.bool)
+    )
+    assert actions.shape == (num_envs,) and int(actions.max()) < ENV.num_actions

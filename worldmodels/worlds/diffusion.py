@@ -78,6 +78,8 @@ class DiffusionWorld(nn.Module):
         self.context_len = config.denoiser.context
         self.denoiser = Denoiser(config.denoiser, config.edm, env_info.num_actions)
         self.reward_end = RewardEndModel(config.reward_end, env_info.num_actions)
+        # Features for agents that observe them: the reward/end LSTM's summary of the trajectory.
+        self.feature_dim = config.reward_end.lstm_dim
 
     def hot_modules(self) -> list[nn.Module]:
         """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
@@ -134,3 +136,25 @@ class DiffusionWorld(nn.Module):
             "c": cc,
         }
         return new_state, to_uint8(next_x), reward, end
+
+    # ---------------------------------------------------------------- features
+
+    def features(self, state: dict) -> Tensor:
+        """``(B, lstm_dim)``: the reward/end model's LSTM state, a summary of the trajectory so far
+        that predicts reward and end (what feature agents such as ``cmaes`` read)."""
+        return state["h"]
+
+    def observe(
+        self, state: dict | None, obs: Tensor, prev_action: Tensor, first: Tensor
+    ) -> tuple[dict, Tensor]:
+        """The same features from real frames: the LSTM consumes ``(previous frame, previous
+        action, this frame)``; rows where ``first`` start from the zero state."""
+        x = to_float(obs)
+        h, c = self.reward_end.initial_state(obs.shape[0], obs.device)
+        if state is not None:
+            _, _, (h2, c2) = self.reward_end(
+                state["prev"][:, None], prev_action[:, None], x[:, None], (state["h"], state["c"])
+            )
+            f = first.view(-1, 1)
+            h, c = torch.where(f, h, h2), torch.where(f, c, c2)
+        return {"prev": x, "h": h, "c": c}, h
