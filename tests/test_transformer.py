@@ -92,9 +92,11 @@ def test_default_config_has_iris_parameter_count():
     assert abs(n - 8.4e6) / 8.4e6 < 0.05
 
 
-def test_config_rejects_mismatched_max_tokens():
-    with pytest.raises(ValueError, match="max_tokens"):
-        TransformerDynamicsConfig(tokens_per_frame=4, context_frames=3)
+def test_max_tokens_follow_the_context():
+    cfg = TransformerDynamicsConfig(tokens_per_frame=4, context_frames=3)  # gpt says 340
+    model = TransformerDynamics(cfg, num_actions=3)
+    assert cfg.max_tokens == 15 and model.cfg.gpt.max_tokens == 15
+    assert model.pos_embed.num_embeddings == 15
 
 
 def test_predictions_are_causal():

@@ -5,6 +5,8 @@ Resolution order (later layers win):
 1. dataclass defaults;
 2. ``configs/env/<protocol>.yaml`` into ``env`` (and ``--env GAME`` into ``env.game``);
 3. ``configs/world/<world>.yaml`` into ``world``; ``configs/agent/<agent>.yaml`` into ``agent``;
+   then the world class's ``schedule_defaults`` and ``agent_defaults[<agent>]`` (a world's own
+   published schedule and agent settings, e.g. IRIS's);
 4. ``configs/preset/<preset>.yaml``: its ``env``, ``schedule``, ``eval`` and ``run`` sections merge
    into those sections; its ``world`` and ``agent`` sections are keyed by component name and only the
    entry for the chosen component applies (a ``smoke`` preset shrinks every world in one file);
@@ -405,6 +407,12 @@ def resolve(
     agent = agent or _default_agent(world) or default_agent
     AGENTS.get(agent)
     tree["agent"] = {"name": agent, **_yaml_if_exists("agent", agent)}
+    if world is not None:
+        # A world's own published settings (IRIS's schedule and actor-critic), under the presets.
+        world_cls = WORLDS.get(world)
+        tree["schedule"] = deep_merge(tree["schedule"], getattr(world_cls, "schedule_defaults", {}))
+        own = getattr(world_cls, "agent_defaults", {}).get(agent, {})
+        tree["agent"] = deep_merge(tree["agent"], own)
 
     preset_tree = _named_yaml("preset", preset, "preset")
     for key, value in preset_tree.items():

@@ -27,6 +27,7 @@ reading the device to decide which rows must slide.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -59,18 +60,16 @@ class TransformerDynamicsConfig:
     vocab_size: int = 512
     """Size of the tokenizer's codebook."""
     context_frames: int = 20
-    """Frames the transformer sees at most; gpt.max_tokens must be context_frames * (K + 1)."""
+    """Frames the transformer sees at most (context_frames * (K + 1) tokens)."""
     gpt: GPTConfig = field(default_factory=GPTConfig)
-    """The block stack (IRIS: 10 layers, 4 heads, width 256, dropout 0.1, 340 tokens)."""
+    """The block stack (IRIS: 10 layers, 4 heads, width 256, dropout 0.1); its max_tokens is
+    derived: context_frames * (tokens_per_frame + 1) (340 for IRIS), whatever is set here."""
+
+    @property
+    def max_tokens(self) -> int:
+        return self.context_frames * (self.tokens_per_frame + 1)
 
     def __post_init__(self) -> None:
-        need = self.context_frames * (self.tokens_per_frame + 1)
-        if self.gpt.max_tokens != need:
-            raise ValueError(
-                f"gpt.max_tokens ({self.gpt.max_tokens}) must equal context_frames * "
-                f"(tokens_per_frame + 1) = {self.context_frames} * "
-                f"{self.tokens_per_frame + 1} = {need}"
-            )
         if self.context_frames < 2:
             raise ValueError(f"context_frames must be >= 2, got {self.context_frames}")
 
@@ -101,6 +100,9 @@ class TransformerDynamics(nn.Module):
 
     def __init__(self, config: TransformerDynamicsConfig, num_actions: int) -> None:
         super().__init__()
+        config = dataclasses.replace(
+            config, gpt=dataclasses.replace(config.gpt, max_tokens=config.max_tokens)
+        )
         self.cfg = config
         self.num_actions = num_actions
         self.K = config.tokens_per_frame

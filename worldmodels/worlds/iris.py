@@ -1,0 +1,184 @@
+"""The IRIS world (Micheli et al. 2023): a VQ-VAE tokenizer and a GPT over frame tokens.
+
+Stage 1 turns each 64x64 frame into 16 tokens of a 512-code vocabulary; stage 2 is a GPT over
+blocks of 16 observation tokens + 1 action token that predicts the next frame's tokens, the
+reward sign and the episode end. Imagination samples whole frames token by token for all
+trajectories at once, keeps rewards and ends on the device, and decodes frames only for agents
+that look at pixels. World-model training reads tokens from a cache keyed by replay frame and
+tokenizer version (``worldmodels/token_cache.py``) instead of re-encoding every batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from worldmodels.dynamics.transformer import TransformerDynamics, TransformerDynamicsConfig
+from worldmodels.encoders.vqvae import VQVAE, VQVAEConfig
+from worldmodels.interfaces import Batch, EnvInfo
+from worldmodels.nn.pixels import to_uint8
+from worldmodels.registry import WORLDS
+from worldmodels.token_cache import TokenCache
+from worldmodels.training import Stage, StageTraining
+
+
+def _tokenizer_training() -> StageTraining:
+    # Single frames, batch 256, Adam 1e-4, clip 10, from epoch 6 (IRIS).
+    return StageTraining(
+        steps_per_epoch=200, start_epoch=6, batch_size=256, seq_len=1, recency_weights=None,
+        lr=1e-4, weight_decay=0.0, warmup_steps=0, max_grad_norm=10.0,
+    )  # fmt: skip
+
+
+def _transformer_training() -> StageTraining:
+    # 64 sequences of 20 frames, AdamW 1e-4 with weight decay 0.01, clip 10, from epoch 26.
+    return StageTraining(
+        steps_per_epoch=200, start_epoch=26, batch_size=64, seq_len=20, pad_right=19,
+        recency_weights=None, lr=1e-4, weight_decay=0.01, warmup_steps=0, max_grad_norm=10.0,
+    )  # fmt: skip
+
+
+@WORLDS.register("iris")
+class IrisWorld(nn.Module):
+    """VQ-VAE tokenizer + transformer dynamics with reward and end heads."""
+
+    @dataclass(frozen=True)
+    class Config:
+        tokenizer: VQVAEConfig = field(default_factory=VQVAEConfig)
+        """The VQ-VAE (IRIS: 16 tokens per frame, 512 codes, ~4.0 M trainable parameters)."""
+        dynamics: TransformerDynamicsConfig = field(default_factory=TransformerDynamicsConfig)
+        """The GPT (IRIS: 10 layers, 4 heads, width 256, 20-frame context, 8.4 M); its
+        tokens_per_frame, vocab_size and max_tokens follow the tokenizer and context_frames."""
+        context_len: int = 20
+        """Real frames each imagined trajectory starts from (the agent's 20-frame burn-in)."""
+        world_context: int = 1
+        """How many of them the transformer starts from (IRIS: the last frame only)."""
+        temperature: float = 1.0
+        """Sampling temperature of imagined observation tokens."""
+        agent_sees_reconstructions: bool = True
+        """Pixel agents see the tokenizer's reconstruction of real frames, as in IRIS."""
+        tokenizer_training: StageTraining = field(default_factory=_tokenizer_training)
+        """Tokenizer optimisation (IRIS: batch 256 frames, from epoch 6)."""
+        transformer_training: StageTraining = field(default_factory=_transformer_training)
+        """Transformer optimisation (IRIS: 64 x 20 frames, from epoch 26)."""
+
+    default_agent: ClassVar[str] = "actor_critic"
+    # IRIS's own schedule and actor-critic settings (presets and --set still override them)
+    schedule_defaults: ClassVar[dict] = {
+        "epochs": 600, "initial_collect_steps": 0, "initial_collect_min_rewards": 0,
+        "collect_steps_per_epoch": 200, "collect_epsilon": 0.01,
+    }  # fmt: skip
+    agent_defaults: ClassVar[dict] = {
+        "actor_critic": {
+            "horizon": 20, "num_envs": 64, "gamma": 0.995, "lambda_": 0.95,
+            "entropy_weight": 0.001,
+            "training": {
+                "steps_per_epoch": 200, "first_epoch_steps": 0, "start_epoch": 51, "lr": 1e-4,
+                "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 10.0,
+                "recency_weights": None,
+            },
+        }
+    }  # fmt: skip
+
+    def __init__(self, config: Config, env_info: EnvInfo) -> None:
+        super().__init__()
+        self.config = config
+        self.num_actions = env_info.num_actions
+        self.obs_shape = env_info.obs_shape
+        self.context_len = config.context_len
+        self.tokenizer = VQVAE(config.tokenizer, env_info)
+        k = self.tokenizer.tokens_per_frame
+        dyn = dataclasses.replace(
+            config.dynamics, tokens_per_frame=k, vocab_size=self.tokenizer.vocab_size
+        )
+        self.dynamics = TransformerDynamics(dyn, env_info.num_actions)
+        self.tokens = TokenCache(k)
+        self.tokenizer_version = 0
+        self.feature_dim = dyn.gpt.embed_dim
+
+    # ---------------------------------------------------------------- training
+
+    def _bump_tokenizer_version(self) -> None:
+        self.tokenizer_version += 1  # every cached token is stale from now on
+
+    def _encode(self, obs: Tensor) -> Tensor:
+        was_training = self.tokenizer.training
+        self.tokenizer.eval()
+        tokens = self.tokenizer.encode(obs)
+        self.tokenizer.train(was_training)
+        return tokens
+
+    def transformer_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """The transformer on cached tokens of the batch's frames (re-encoded only if stale)."""
+        before = self.tokens.encoded
+        tokens = self.tokens.lookup(
+            batch.frame_ids, batch.obs, self._encode, self.tokenizer_version
+        )
+        loss, logs = self.dynamics.loss(tokens, batch.act, batch.rew, batch.end, batch.mask)
+        logs["frames_encoded"] = float(self.tokens.encoded - before)
+        return loss, logs
+
+    def stages(self) -> dict[str, Stage]:
+        c = self.config
+        return {
+            "tokenizer": Stage(
+                "tokenizer",
+                self.tokenizer,
+                self.tokenizer.loss,
+                c.tokenizer_training,
+                self._bump_tokenizer_version,
+            ),  # fmt: skip
+            "transformer": Stage(
+                "transformer", self.dynamics, self.transformer_loss, c.transformer_training
+            ),
+        }
+
+    def hot_modules(self) -> list[nn.Module]:
+        """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
+        return [self.dynamics.gpt]
+
+    # ---------------------------------------------------------------- frames
+
+    def reconstruct(self, obs: Tensor) -> Tensor:
+        """``(N, C, H, W)`` uint8 -> the tokenizer's reconstruction, uint8."""
+        return to_uint8(self.tokenizer.decode(self._encode(obs)))
+
+    def agent_view(self, obs: Tensor) -> Tensor:
+        """What pixel agents see of real frames (IRIS: reconstructions)."""
+        return self.reconstruct(obs) if self.config.agent_sees_reconstructions else obs
+
+    # ---------------------------------------------------------------- imagination
+
+    def imagine_start(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[dict, Tensor]:
+        n = min(self.config.world_context, obs.shape[1])
+        b = obs.shape[0]
+        tokens = self._encode(obs[:, -n:].flatten(0, 1)).unflatten(0, (b, n))  # (B, n, K)
+        state = self.dynamics.start(tokens, act[:, -n:], mask[:, -n:])
+        return state, to_uint8(self.tokenizer.decode(tokens[:, -1]))
+
+    def imagine_step(
+        self, state: dict, action: Tensor, *, render: bool = True
+    ) -> tuple[dict, Tensor | None, Tensor, Tensor]:
+        state, tokens, reward, end = self.dynamics.step(
+            state, action, temperature=self.config.temperature
+        )
+        obs = to_uint8(self.tokenizer.decode(tokens)) if render else None
+        return state, obs, reward, end
+
+    # ---------------------------------------------------------------- features
+
+    def _token_features(self, tokens: Tensor) -> Tensor:
+        return self.dynamics.obs_embed(tokens).mean(dim=1)  # (B, K, D) -> (B, D)
+
+    def features(self, state: dict) -> Tensor:
+        """``(B, D)``: the mean embedding of the current frame's tokens (no decoding needed)."""
+        return self._token_features(state["tokens"][:, -1])
+
+    def observe(
+        self, state: dict | None, obs: Tensor, prev_action: Tensor, first: Tensor
+    ) -> tuple[dict, Tensor]:
+        """The same features from a real frame (its tokens' mean embedding)."""
+        return {}, self._token_features(self._encode(obs))
