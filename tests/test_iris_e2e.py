@@ -1,0 +1,72 @@
+"""The IRIS world end to end: a tiny run killed mid-way (SIGKILL), resumed, and its TensorBoard
+read back (losses, frames/s, reconstructions, real-vs-imagined video, test returns)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tb_read import tags
+from test_cli import ROOT, episode_digests, run
+
+pytestmark = pytest.mark.slow
+
+TINY_IRIS = [
+    "--world", "iris", "--preset", "smoke",
+    "--set", "schedule.collect_steps_per_epoch=40",
+    "--set", "schedule.epochs=10",
+    "--set", "schedule.test_every=0",
+    "--set", "schedule.video_every=5",
+    "--set", "schedule.video_horizon=3",
+    "--set", "eval.episodes=1",
+    "--set", "eval.video_max_frames=20",
+    "--set", "world.tokenizer_training.steps_per_epoch=2",
+    "--set", "world.tokenizer_training.batch_size=4",
+    "--set", "world.transformer_training.steps_per_epoch=2",
+    "--set", "world.transformer_training.batch_size=2",
+    "--set", "agent.training.first_epoch_steps=1",
+    "--set", "agent.training.steps_per_epoch=1",
+    "--set", "agent.num_envs=2",
+    "--set", "agent.horizon=3",
+    "--set", "run.progress=false",
+]  # fmt: skip
+
+
+def test_iris_run_killed_resumed_and_logged(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "--env", "Breakout", "--name", "i", *TINY_IRIS],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    d = tmp_path / "runs" / "i"
+    latest = d / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if latest.exists() and latest.read_text().strip() >= "epoch_000003":
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    before = episode_digests(d / "episodes")
+
+    assert "resuming from epoch_" in run("train.py", "--resume", d, cwd=tmp_path).stdout
+    after = episode_digests(d / "episodes")
+    assert all(after.get(name) == digest for name, digest in before.items())
+    ckpt = d / "checkpoints" / latest.read_text().strip()
+    meta = json.loads((ckpt / "meta.json").read_text())
+    state = torch.load(ckpt / "state.pt", weights_only=True)["state"]
+    assert meta["counters"]["epoch"] == 10 and meta["counters"]["resumes"] == 1
+    assert state["stages"]["tokenizer"]["updater"]["steps"] == 20  # 2 per epoch, none repeated
+    t = tags(d / "tb")
+    for tag in ("tokenizer/loss", "tokenizer/perplexity", "tokenizer/dead_codes",
+                "transformer/loss", "transformer/steps_per_s", "agent/loss",
+                "agent/imagination_frames_per_s", "collect/frames_per_s", "final/return_mean"):  # fmt: skip
+        assert tag in t["scalars"], tag
+    for tag in ("imagination/reconstructions", "imagination/real_vs_imagined", "final/episode"):
+        assert tag in t["images"], tag
+    assert json.loads((d / "results.json").read_text())["world"] == "iris"
