@@ -30,17 +30,22 @@ from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.training import autocast
 
 
-def where_rows(mask: Tensor, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Row-wise select between two states (dicts of batch-first tensors): ``a`` where ``mask``."""
+def where_rows(mask: Tensor, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Row-wise select between two states: ``a`` where ``mask``, else ``b``. Tensor entries are
+    batch-first; other entries (Python numbers such as a shared cache fill level) are the same
+    for every row and come from ``b``, the running state."""
     out = {}
     for key, va in a.items():
+        if not isinstance(va, Tensor):
+            out[key] = b[key]
+            continue
         m = mask.view(-1, *([1] * (va.ndim - 1)))
         out[key] = torch.where(m, va, b[key])
     return out
 
 
-def _rows(state: dict[str, Tensor], sl: slice) -> dict[str, Tensor]:
-    return {key: value[sl] for key, value in state.items()}
+def _rows(state: dict[str, Any], sl: slice) -> dict[str, Any]:
+    return {key: value[sl] if isinstance(value, Tensor) else value for key, value in state.items()}
 
 
 class DreamEnv:

@@ -60,3 +60,10 @@ def test_where_rows_selects_per_row():
     b = {"x": torch.ones(3, 2), "y": torch.ones(3, dtype=torch.long)}
     out = where_rows(torch.tensor([True, False, True]), a, b)
     assert out["x"][:, 0].tolist() == [0, 1, 0] and out["y"].tolist() == [0, 1, 0]
+
+
+def test_where_rows_keeps_shared_scalars_of_the_running_state():
+    a = {"x": torch.zeros(2), "fill": 3}
+    b = {"x": torch.ones(2), "fill": 7}
+    out = where_rows(torch.tensor([True, False]), a, b)
+    assert out["x"].tolist() == [0, 1] and out["fill"] == 7
