@@ -106,9 +106,11 @@ def main(argv=None) -> int:
     # evolved agents keep their parameters outside autograd (``num_params``)
     out["agent_params"] = count_parameters(agent) or getattr(agent, "num_params", 0)
 
+    sb = args.stage_batch_size or b
+    out["stage_batch_size"] = sb
     for name, stage in world.stages().items():
         stage = dataclasses.replace(
-            stage, training=dataclasses.replace(stage.training, batch_size=b)
+            stage, training=dataclasses.replace(stage.training, batch_size=sb)
         )
         trainer = StageTrainer(stage, store, device, seed=0, amp=amp)
         batch = next(trainer.batches(1))  # a fixed batch: data loading is not what is measured
