@@ -2,9 +2,19 @@
 
     python evaluate.py runs/<name>                              # a trained run, its last checkpoint
     python evaluate.py --agent random --env Breakout --episodes 30
+    python evaluate.py --compare runs/<a> runs/<b>       # worlds open loop on the same real data
+    python evaluate.py --table runs/*                     # results aggregated beside IRIS, DIAMOND
 
 Results go to ``<run>/results.json`` (a previous one is kept under a timestamped name) and the
 returns plus one episode video to the run's TensorBoard.
+
+``--compare`` plays fresh real test-mode episodes with a random policy, starts every run's world
+from the same real contexts, steps it open loop with the same recorded actions and writes PSNR /
+SSIM per horizon step, reward / end accuracy, frames/s and side-by-side videos to a new
+``runs/compare-...`` directory (TensorBoard, compare.json, curves.csv, GIFs); see
+``worldmodels/compare.py``. ``--table`` aggregates results.json files over games and seeds (mean,
+median, IQM of the HNS with stratified bootstrap CIs, games >= human) beside the published IRIS
+and DIAMOND scores on the same games and writes table.json; see ``worldmodels/aggregate.py``.
 """
 
 from __future__ import annotations
@@ -38,11 +48,191 @@ def parse(argv):
     p.add_argument("--episodes", type=int, help="test episodes (default: eval.episodes)")
     p.add_argument("--num-envs", type=int, help="games played in parallel (default: eval.num_envs)")
     p.add_argument("--checkpoint", help="checkpoint directory (default: the run's latest)")
+    g = p.add_argument_group("comparing worlds (--compare)")
+    g.add_argument(
+        "--compare", nargs="+", metavar="RUN_DIR",
+        help="compare the worlds of these runs open loop on the same fresh real data",
+    )  # fmt: skip
+    g.add_argument(
+        "--horizon", type=int, default=32, help="imagined steps per context (default: 32)"
+    )
+    g.add_argument("--contexts", type=int, default=8, help="real contexts (default: 8)")
+    g.add_argument(
+        "--samples", type=int, default=1,
+        help="rollouts per context, for reward / end accuracy over samples (default: 1)",
+    )  # fmt: skip
+    g = p.add_argument_group("the results table (--table)")
+    g.add_argument(
+        "--table", nargs="+", metavar="RESULTS",
+        help="aggregate these run directories or results.json files (e.g. runs/*)",
+    )  # fmt: skip
+    g.add_argument("--out", help="where to write table.json (default: runs/table-<time>.json)")
+    g.add_argument(
+        "--bootstrap", type=int, default=2000, help="bootstrap resamples (default: 2000)"
+    )
     return p.parse_args(argv)
+
+
+def _refuse_flags(args, mode: str, names: tuple[str, ...]) -> None:
+    dest = {"--set": "overrides"}
+    given = [n for n in names if getattr(args, dest.get(n, n[2:].replace("-", "_")), None)]
+    if getattr(args, "run", None):
+        given.insert(0, "RUN_DIR")
+    if given:
+        raise UserError(f"--{mode} does not take {', '.join(given)}")
+
+
+def compare_main(args) -> int:
+    """Wiring of ``--compare``: runs -> worlds with their weights -> ``worldmodels.compare``."""
+    from worldmodels.build import build_world, env_factory, env_info_of
+    from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
+    from worldmodels.cli import use_amp
+    from worldmodels.compare import (
+        compare_worlds,
+        format_comparison,
+        log_comparison,
+        record_segments,
+        write_comparison,
+    )
+    from worldmodels.runs import RunDir, versions
+    from worldmodels.seeding import derive_seed
+    from worldmodels.tb import TBLogger
+
+    _refuse_flags(
+        args, "compare",
+        ("--env", "--agent", "--set", "--episodes", "--num-envs", "--checkpoint", "--table"),
+    )  # fmt: skip
+    for flag, value in (("--horizon", args.horizon), ("--contexts", args.contexts),
+                        ("--samples", args.samples)):  # fmt: skip
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    runs = [RunDir.open(p) for p in args.compare]
+    cfgs = [C.load_run_config(r.config) for r in runs]
+    for run, cfg in zip(runs, cfgs, strict=True):
+        if cfg.world is None:
+            raise UserError(
+                f"{run.root} has no world to compare (it trained {cfg.agent.name} alone)"
+            )
+    first, base = runs[0], cfgs[0]
+    for run, cfg in zip(runs[1:], cfgs[1:], strict=True):
+        if cfg.env.game != base.env.game:
+            raise UserError(
+                f"{first.root} plays {base.env.game} and {run.root} plays {cfg.env.game}: "
+                "compare worlds of one game"
+            )
+        a, b = base.env.protocol_values(), cfg.env.protocol_values()
+        keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if keys:
+            diffs = ", ".join(f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys)
+            raise UserError(f"{first.root} and {run.root} have different env protocols: {diffs}")
+    labels = []
+    for run in runs:  # run directory names, made unique
+        label, i = run.root.resolve().name, 2
+        while label in labels:
+            label, i = f"{run.root.resolve().name}-{i}", i + 1
+        labels.append(label)
+
+    seed = 0 if args.seed is None else args.seed
+    device = setup_process(C.RunConfig(seed=seed, device=args.device or "auto", threads=0))
+    env = env_factory(base.env)("test", min(args.contexts, 8))
+    try:
+        info = env_info_of(env)
+        worlds, amp, inputs = {}, {}, []
+        for label, run, cfg in zip(labels, runs, cfgs, strict=True):
+            ckpt = latest_checkpoint(run.checkpoints)
+            if ckpt is None:
+                raise UserError(f"{run.root} has no checkpoint yet (nothing to compare)")
+            world = build_world(cfg.world, info, device=device, channels_last=cfg.run.channels_last)
+            _, meta = load_checkpoint(ckpt, {"world": world}, map_location=device)
+            worlds[label] = world.eval()
+            amp[label] = use_amp(cfg.run, device)
+            inputs.append({
+                "label": label, "run": str(run.root), "checkpoint": str(ckpt),
+                "world": cfg.world.name, "context_len": int(world.context_len),
+                "env_steps": meta.get("counters", {}).get("env_steps"),
+            })  # fmt: skip
+        context = max(w.context_len for w in worlds.values())
+        segments = record_segments(
+            env, args.contexts, context + args.horizon,
+            seed=derive_seed(seed, "compare", "segments"),
+            life_loss_ends=base.env.life_loss_terminal,
+        )  # fmt: skip
+        spec = env.spec()
+    finally:
+        env.close()
+    comparison = compare_worlds(
+        worlds, segments, horizon=args.horizon, samples=args.samples, device=device, amp=amp,
+        seed=derive_seed(seed, "compare", "imagine"),
+    )  # fmt: skip
+
+    name = args.name or "compare-{}-{}".format(
+        "-".join(label[:40] for label in labels), time.strftime("%Y%m%d-%H%M%S")
+    )
+    out = RunDir.create(Path(base.run.runs_dir) / name)
+    ver = versions()
+    out.record_session(
+        {"argv": sys.argv, "device": str(device), "env_spec": spec, "versions": ver,
+         "command": "compare"}
+    )  # fmt: skip
+    logger = TBLogger(str(out.tb))
+    try:
+        log_comparison(comparison, logger)
+    finally:
+        logger.close()
+    write_comparison(
+        comparison, out.root,
+        meta={
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "game": base.env.game,
+            "protocol": base.env.protocol_values(), "runs": inputs, "seed": seed,
+            "device": str(device),
+            "data": "fresh real test-mode episodes, uniformly random policy, seeded",
+            "end_label": "game over" + (" or life loss (life_loss_terminal)"
+                                        if base.env.life_loss_terminal else ""),
+            "env_spec": spec, "versions": ver,
+        },
+    )  # fmt: skip
+    print(format_comparison(comparison))
+    print(f"wrote {out.root} (TensorBoard: tensorboard --logdir {out.tb})")
+    return 0
+
+
+def table_main(args) -> int:
+    """``--table``: results.json files -> ``worldmodels.aggregate`` -> printed table + JSON."""
+    from worldmodels.aggregate import build_table, format_table, load_results
+    from worldmodels.fileio import atomic_write_json
+
+    _refuse_flags(
+        args, "table",
+        ("--env", "--agent", "--set", "--episodes", "--num-envs", "--checkpoint", "--device",
+         "--name"),
+    )  # fmt: skip
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap must be at least 1, got {args.bootstrap}")
+    records, warnings = load_results(args.table)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    table = build_table(records, reps=args.bootstrap, seed=0 if args.seed is None else args.seed)
+    for w in table["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    table["inputs"] = [r["_path"] for r in records]
+    table["skipped"] = warnings
+    out = Path(args.out or Path("runs") / f"table-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, table)
+    print(format_table(table))
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.compare:
+        return compare_main(args)
+    if args.table:
+        return table_main(args)
+    from worldmodels.registry import load_plugins
+
+    load_plugins(args.plugin)  # before any name is resolved
     from worldmodels.build import build_world_and_agent, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes

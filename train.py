@@ -40,6 +40,9 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    from worldmodels.registry import load_plugins
+
+    load_plugins(args.plugin)  # before any name is resolved
     from worldmodels.build import (
         build_world_and_agent,
         compile_hot_modules,

@@ -60,6 +60,13 @@ def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str = "atari
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set schedule.epochs=10 (repeatable)",
     )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first: it registers agents or worlds (repeatable; recorded in the run)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
@@ -71,6 +78,8 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
         out.append(f"run.device={args.device}")
     if args.name is not None:
         out.append(f"run.name={args.name}")
+    if args.plugin:
+        out.append(f"run.plugins=[{', '.join(args.plugin)}]")
     return out + list(args.overrides)
 
 

@@ -30,7 +30,7 @@ import yaml
 
 from envs.atari_config import AtariConfig
 from worldmodels.errors import UserError, choices
-from worldmodels.registry import AGENTS, WORLDS
+from worldmodels.registry import AGENTS, WORLDS, load_plugins
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -122,6 +122,8 @@ class RunConfig:
     """``torch.compile`` the hot modules of the world and agent (worth it on CUDA)."""
     progress: bool = True
     """Show a progress bar with ETA on long loops."""
+    plugins: tuple[str, ...] = ()
+    """Modules imported before anything is built (``--plugin``): they register components."""
 
 
 @dataclass(frozen=True)
@@ -369,6 +371,7 @@ def _component(registry, name: str, tree: dict, where: str) -> Choice:
 def build(tree: Mapping) -> Config:
     """Resolved tree (as written to config.yaml) -> Config. Used for fresh runs and ``--resume``."""
     tree = dict(tree)
+    load_plugins((tree.get("run") or {}).get("plugins") or ())
     valid = {f.name for f in dataclasses.fields(Config)}
     unknown = [k for k in tree if k not in valid]
     if unknown:

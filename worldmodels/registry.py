@@ -86,3 +86,12 @@ ENCODERS: Registry = Registry("encoder", "worldmodels.encoders", ["worldmodels.e
 DYNAMICS: Registry = Registry("dynamics model", "worldmodels.dynamics", ["worldmodels.dynamics"])
 WORLDS: Registry = Registry("world", "worldmodels.worlds", ["worldmodels.worlds"])
 AGENTS: Registry = Registry("agent", "worldmodels.agents", ["agents"])
+
+
+def load_plugins(modules: Iterable[str]) -> None:
+    """Import modules that register components (``--plugin my_package.agents``)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UserError(f"cannot import plugin {name!r}: {exc}") from None
