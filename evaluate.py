@@ -132,6 +132,13 @@ def compare_main(args) -> int:
             label, i = f"{run.root.resolve().name}-{i}", i + 1
         labels.append(label)
 
+    name = args.name or "compare-{}-{}".format(
+        "-".join(label[:40] for label in labels), time.strftime("%Y%m%d-%H%M%S")
+    )
+    out_root = Path(base.run.runs_dir) / name
+    if out_root.exists() and any(out_root.iterdir()):  # refuse before the work, not after
+        raise UserError(f"{out_root} already exists: pick another --name")
+
     seed = 0 if args.seed is None else args.seed
     device = setup_process(C.RunConfig(seed=seed, device=args.device or "auto", threads=0))
     env = env_factory(base.env)("test", min(args.contexts, 8))
@@ -165,10 +172,7 @@ def compare_main(args) -> int:
         seed=derive_seed(seed, "compare", "imagine"),
     )  # fmt: skip
 
-    name = args.name or "compare-{}-{}".format(
-        "-".join(label[:40] for label in labels), time.strftime("%Y%m%d-%H%M%S")
-    )
-    out = RunDir.create(Path(base.run.runs_dir) / name)
+    out = RunDir.create(out_root)
     ver = versions()
     out.record_session(
         {"argv": sys.argv, "device": str(device), "env_spec": spec, "versions": ver,
@@ -226,13 +230,13 @@ def table_main(args) -> int:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    from worldmodels.registry import load_plugins
+
+    load_plugins(args.plugin)  # before any name is resolved
     if args.compare:
         return compare_main(args)
     if args.table:
         return table_main(args)
-    from worldmodels.registry import load_plugins
-
-    load_plugins(args.plugin)  # before any name is resolved
     from worldmodels.build import build_world_and_agent, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes
