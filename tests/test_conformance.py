@@ -139,6 +139,14 @@ def test_world_imagines_in_a_dream_env(name, channels_last):
 SMALL_AGENT = {
     "actor_critic": ["agent.num_envs=2", "agent.horizon=2"],
     "cmaes": ["agent.population=2", "agent.rollouts_per_candidate=1", "agent.horizon=2"],
+    **{
+        name: ["agent.num_envs=2", "agent.horizon=2", "agent.steps_per_update=8", kwargs]
+        for name, kwargs in (
+            ("sb3_ppo", "agent.kwargs={n_steps: 4, batch_size: 8}"),
+            ("sb3_a2c", "agent.kwargs={n_steps: 4}"),
+            ("sb3_dqn", "agent.kwargs={learning_starts: 0, buffer_size: 100}"),
+        )
+    },
 }
 
 

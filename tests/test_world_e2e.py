@@ -102,3 +102,15 @@ def test_sigkill_and_resume_continue_a_world_run(tmp_path):
         )
         assert state["stages"][stage]["updater"]["steps"] == epochs + 1
     assert (d / "results.json").exists()
+
+
+def test_sb3_ppo_trains_in_the_diffusion_world_and_plays_the_real_game(tmp_path):
+    args = [a for a in TINY_WORLD]
+    run("train.py", "--env", "Breakout", "--name", "s", "--agent", "sb3_ppo", *args,
+        "--set", "agent.steps_per_update=8", "--set", "agent.kwargs={n_steps: 4, batch_size: 8}",
+        cwd=tmp_path)  # fmt: skip
+    d = tmp_path / "runs" / "s"
+    results = json.loads((d / "results.json").read_text())
+    assert results["agent"] == "sb3_ppo" and results["world"] == "diffusion"
+    assert results["env_spec"]["mode"] == "test" and len(results["returns"]) == 1
+    assert "agent/num_timesteps" in tags(d / "tb")["scalars"]

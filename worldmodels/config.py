@@ -294,6 +294,8 @@ def from_dict(cls: type, data: Mapping, where: str = "") -> Any:
             # A partial nested section overrides the field's own default, not the nested class's
             # (e.g. a world's denoiser_training keeps seq_len 6 when a preset sets batch_size).
             value = deep_merge(to_dict(default), value)
+        elif isinstance(value, Mapping) and isinstance(default, dict):
+            value = deep_merge(default, value)  # dict-valued fields merge key by key too
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
