@@ -58,7 +58,9 @@ def main(argv=None) -> int:
         "--stage-batch-size",
         type=int,
         default=None,
-        help="batch of the stage training figures (default: --batch-size)",
+        help="batch of the stage training figures (default: --batch-size; 0: each stage's "
+        "configured batch, which with --batch-size equal to the agent's num_envs also gives "
+        "the projected duration of a full run)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: half the cores)")
@@ -106,33 +108,61 @@ def main(argv=None) -> int:
     # evolved agents keep their parameters outside autograd (``num_params``)
     out["agent_params"] = count_parameters(agent) or getattr(agent, "num_params", 0)
 
-    sb = args.stage_batch_size or b
-    out["stage_batch_size"] = sb
+    sb = b if args.stage_batch_size is None else args.stage_batch_size
+    out["stage_batch_size"] = sb or "configured"
+    projected = {}  # seconds of a full run per part, if every figure is at the configured size
+    epochs = range(1, getattr(cfg.schedule, "epochs", 0) + 1)
     for name, stage in world.stages().items():
-        stage = dataclasses.replace(
-            stage, training=dataclasses.replace(stage.training, batch_size=sb)
-        )
+        if sb:
+            stage = dataclasses.replace(
+                stage, training=dataclasses.replace(stage.training, batch_size=sb)
+            )
+        else:
+            out[f"{name}_batch_size"] = stage.training.batch_size
         trainer = StageTrainer(stage, store, device, seed=0, amp=amp)
         batch = next(trainer.batches(1))  # a fixed batch: data loading is not what is measured
         sec = timed(lambda s=stage, t=trainer, x=batch: t.updater.update(s.loss, x), n, w, device)
         out[f"{name}_train_s_per_step"] = sec
         out[f"{name}_train_steps_per_s"] = 1.0 / sec
+        projected[name] = sec * sum(stage.training.steps_in(e) for e in epochs)
 
+    # Imagination as the agent uses it: ``reset`` (new real contexts) then the agent's horizon of
+    # steps, timed over whole trajectories, since a step's cost can depend on how far the
+    # trajectory has gone (the IRIS transformer's key/value cache fills up).
     horizon = getattr(agent.config, "horizon", 15)
     dream = DreamEnv(
-        world, store, num_envs=b, horizon=10**9, device=device, amp=amp, observe=agent.observes
+        world, store, num_envs=b, horizon=horizon, device=device, amp=amp, observe=agent.observes
     )
-    dream.reset()
     actions = torch.zeros(b, dtype=torch.long, device=device)
     world.eval()
-    sec = timed(lambda: dream.step(actions), n, w, device)
-    out["imagination_s_per_step"] = sec
+
+    reset_s, step_s = [], []
+
+    def trajectory() -> None:
+        sync(device)
+        t0 = time.perf_counter()
+        dream.reset()
+        sync(device)
+        t1 = time.perf_counter()
+        for _ in range(horizon):
+            dream.step(actions)
+        sync(device)
+        reset_s.append(t1 - t0)
+        step_s.append((time.perf_counter() - t1) / horizon)
+
+    reps = max(1, -(-n // horizon))  # whole trajectories, at least --steps steps
+    sec = timed(trajectory, reps, 1, device) / horizon
+    out["imagination_s_per_step"] = sec  # resets included
     out["imagination_frames_per_s"] = b / sec
+    out["imagination_step_only_s"] = sum(step_s[1:]) / reps  # warm-up left out
+    out["imagination_reset_s"] = sum(reset_s[1:]) / reps  # 2 x batch real contexts encoded
+    out["imagination_horizon"] = horizon
     denoising = getattr(cfg.world.config, "denoising_steps", None)
     if denoising is not None:
         out["denoising_steps"] = denoising
 
     if getattr(agent.config, "training", None) is not None:
+        configured_envs = getattr(agent.config, "num_envs", None)
         if "num_envs" in {f.name for f in dataclasses.fields(agent.config)}:
             agent.config = dataclasses.replace(agent.config, num_envs=b)  # else fixed by the agent
         m = agent.config.num_envs
@@ -144,6 +174,8 @@ def main(argv=None) -> int:
         out["agent_update_s"] = sec
         out["agent_updates_per_s"] = 1.0 / sec
         out["agent_updates_per_min"] = 60.0 / sec
+        if configured_envs == m:
+            projected["agent"] = sec * sum(agent.config.training.steps_in(e) for e in epochs)
         out["agent_imagined_trajectories"] = m
         out["agent_horizon"] = horizon
         if agent.observes == "features":
@@ -155,6 +187,12 @@ def main(argv=None) -> int:
         with torch.inference_mode(), autocast(device, amp):
             sec = timed(lambda: agent.act(obs, state, first), n, w, device)
         out["agent_act_per_s"] = 1.0 / sec
+
+    if not sb and "agent" in projected and epochs:
+        # world-model stages and agent updates only: real-env collection and tests not included
+        for name, sec in projected.items():
+            out[f"projected_{name}_s"] = sec
+        out["projected_full_run_days"] = sum(projected.values()) / 86400
 
     if args.json:
         print(json.dumps(out))

@@ -15,12 +15,12 @@ from worldmodels.registry import DYNAMICS
 K, VOCAB, ACTIONS, FRAMES = 4, 16, 3, 3  # frames of 4 tokens + 1 action, windows of 3 frames
 
 
-def tiny(dropout=0.0):
+def tiny(dropout=0.0, frames=FRAMES, k=K, **kwargs):
     gpt = GPTConfig(
-        num_layers=2, num_heads=2, embed_dim=32, max_tokens=FRAMES * (K + 1), dropout=dropout
+        num_layers=2, num_heads=2, embed_dim=32, max_tokens=frames * (k + 1), dropout=dropout
     )
     return TransformerDynamicsConfig(
-        tokens_per_frame=K, vocab_size=VOCAB, context_frames=FRAMES, gpt=gpt
+        tokens_per_frame=k, vocab_size=VOCAB, context_frames=frames, gpt=gpt, **kwargs
     )
 
 
@@ -57,6 +57,16 @@ def test_gpt_cache_matches_full_forward_for_chunks():
             gpt(x[:, :1], cache)
         cache.reset()
         torch.testing.assert_close(gpt(x[:, :7], cache), full[:, :7], atol=1e-5, rtol=1e-5)
+        # Only the last features (the final block's other outputs are skipped), same cache.
+        tol = {"atol": 1e-5, "rtol": 1e-5}
+        torch.testing.assert_close(gpt(x, last=3), full[:, -3:], **tol)
+        for last in (0, 1, 2):
+            cache.reset()
+            out = gpt(x[:, :5], cache, last=last)
+            assert out.shape == (3, last, 16)
+            torch.testing.assert_close(out, full[:, 5 - last : 5], **tol)
+            torch.testing.assert_close(gpt(x[:, 5:8], cache, last=2), full[:, 6:8], **tol)
+            torch.testing.assert_close(gpt(x[:, 8:], cache), full[:, 8:], **tol)
 
 
 def test_gpt_padding_tokens_are_invisible():
@@ -212,7 +222,7 @@ def test_cached_imagination_matches_full_recompute():
             for b in range(3):
                 history[b][-1] = (history[b][-1][0], action[b])
             state, new, _, _, logits = model.step(state, action, return_logits=True)
-            assert all(v.shape[:2] == (3, FRAMES - 1) for k, v in state.items() if k != "tokens")
+            assert state["actions"].shape == state["valid"].shape == (3, FRAMES - 1)
             for b in range(3):
                 history[b].append((new[b], torch.tensor(0)))
                 seen = history[b][-FRAMES:]  # what the model saw: at most context_frames frames
@@ -299,3 +309,260 @@ def test_sample_categorical_follows_the_distribution():
     counts = torch.bincount(sample_categorical(logits), minlength=3).float() / 20000
     torch.testing.assert_close(counts, logits[0].exp(), atol=0.02, rtol=0)
     assert torch.equal(sample_categorical(logits, temperature=0), torch.full((20000,), 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# World model: the cache carried from frame to frame
+
+LONG = 5  # context_frames of the models below: windows of 4 frames, 25 cache slots
+
+
+class Reference:
+    """Each row's frames (real, then imagined; the last action chosen at each step) and the
+    logits a plain ``forward`` gives over the frames the row is supposed to see: its last
+    ``min(W, n)`` frames (exact), or the suffix tracked here with ``rebuild_keep_frames``."""
+
+    def __init__(self, model, tokens, actions, mask):
+        self.model = model
+        self.history = [
+            [(tokens[b, t], actions[b, t]) for t in range(tokens.shape[1]) if mask[b, t]]
+            for b in range(tokens.shape[0])
+        ]
+        self.seen = [min(model.window, len(h)) for h in self.history]  # frames in the cache
+
+    def restart(self, rows, spare):
+        for b in rows.nonzero().flatten().tolist():
+            self.history[b], self.seen[b] = list(spare.history[b]), spare.seen[b]
+
+    def check(self, fill, new_fill, action, new, logits):
+        """One step from a state of ``fill`` to one of ``new_fill``: ``action (B,)`` taken,
+        ``new (B, K)`` drawn from ``logits``."""
+        model, k = self.model, self.model.K
+        rebuilt = new_fill != fill + k + 1  # else carried
+        for b in range(len(self.history)):
+            h = self.history[b]
+            h[-1] = (h[-1][0], action[b])
+            if rebuilt:
+                self.seen[b] = min(model.rebuild_frames, len(h))
+            n = self.seen[b]
+            assert 1 <= n <= model.window
+            if model.rebuild_frames == model.window:  # exact: the last W frames, always
+                assert n == min(model.window, len(h))
+            seen = h[-n:] + [(new[b], torch.tensor(0))]
+            ref = model(
+                torch.stack([f[0] for f in seen])[None], torch.stack([f[1] for f in seen])[None]
+            )
+            tol = {"atol": 1e-4, "rtol": 1e-4}
+            torch.testing.assert_close(logits["obs"][b], ref["obs"][0, n], **tol)
+            torch.testing.assert_close(logits["reward"][b], ref["reward"][0, n - 1], **tol)
+            torch.testing.assert_close(logits["end"][b], ref["end"][0, n - 1], **tol)
+            h.append(seen[-1])
+            self.seen[b] = n + 1
+
+
+def _ragged(b, t, seed, k=K):
+    """``b`` contexts of ``t`` columns with 1, 2, .. real frames (left padding), cycling."""
+    tokens, actions = frames(b, t, seed=seed)
+    tokens = tokens[:, :, :k] if k <= K else tokens.repeat(1, 1, k // K + 1)[:, :, :k]
+    real = torch.arange(b) % t + 1  # (B,)
+    mask = torch.arange(t)[None] >= t - real[:, None]
+    return tokens, actions, mask
+
+
+def _fills(model, state, steps, seed=0):
+    fills = [state["fill"]]
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        state, *_ = model.step(state, torch.zeros(state["pos"].shape[0], dtype=torch.long))
+        fills.append(state["fill"])
+    return fills
+
+
+@pytest.mark.parametrize("k", [K, 1])
+@pytest.mark.parametrize("keep", [0, 1, 2])
+@pytest.mark.parametrize("columns", [1, 2, 6])
+def test_carried_cache_matches_full_recompute(columns, keep, k):
+    """Logits equal a plain forward over the frames each row sees, for rows of 1 .. 4 real
+    frames, while the cache is carried (the window filling) and after it is rebuilt (the window
+    sliding); with ``rebuild_keep_frames`` over the suffix the docstring describes. Also with
+    one token per frame (nothing to encode at a 1-frame start; a rebuild one frame earlier)."""
+    model = tiny_model(frames=LONG, rebuild_keep_frames=keep, k=k)
+    tokens, actions, mask = _ragged(4, columns, seed=columns, k=k)
+    ref = Reference(model, tokens, actions, mask)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        state = model.start(tokens, actions, mask)
+        fills = [state["fill"]]
+        for _ in range(9):
+            action = torch.randint(0, ACTIONS, (4,))
+            fill = state["fill"]
+            state, new, _, _, logits = model.step(state, action, return_logits=True)
+            ref.check(fill, state["fill"], action, new, logits)
+            fills.append(state["fill"])
+            kept = min(len(h) for h in ref.history)
+            assert torch.equal(state["tokens"][:, -1], new) and state["valid"][:, -kept:].all()
+    assert all(isinstance(f, int) for f in fills)
+    steps = [b - a for a, b in zip(fills, fills[1:], strict=False)]
+    assert (k + 1) in steps and any(s != k + 1 for s in steps)  # carried and rebuilt
+    assert all(len(h) > LONG for h in ref.history)  # every row's window slid
+
+
+def test_a_one_frame_start_is_rebuilt_only_once_the_window_slides():
+    """IRIS's geometry (16 tokens, 20 frames): 19 imagined frames on the carried cache, then a
+    rebuild each frame (exact sliding window); with rebuild_keep_frames=10, every 10 frames."""
+    k, n = 16, 20
+    for keep, rebuilds in ((0, [19, 20, 21]), (10, [19, 29])):
+        torch.manual_seed(0)
+        model = TransformerDynamics(tiny(frames=n, k=k, rebuild_keep_frames=keep), ACTIONS).eval()
+        tokens = torch.randint(0, VOCAB, (2, 1, k))
+        with torch.no_grad():
+            fills = _fills(model, model.start(tokens, torch.zeros(2, 1, dtype=torch.long)), 30)
+        assert fills[0] == k - 1  # all but the current frame's last token (and its action)
+        got = [i for i in range(30) if fills[i + 1] != fills[i] + k + 1]
+        assert got[: len(rebuilds)] == rebuilds, fills
+        if keep:
+            assert got == rebuilds
+        assert max(fills) <= n * (k + 1)
+
+
+@pytest.mark.parametrize(("keep", "columns"), [(0, 2), (2, 2), (1, 3)])
+def test_restarted_rows_continue_like_fresh_starts(keep, columns):
+    """DreamEnv's pattern: one start of 2B rows split into active and spare halves (views of
+    the same buffers), the active half stepped, finished rows replaced by their spares with
+    ``where_rows`` at any step (twice for one row). Every row stays exact (plain forward over
+    what it sees), and a restarted row gives the logits of its spare started and stepped alone
+    (exact mode: the same frames whatever the rebuild times). With ``rebuild_keep_frames=1``
+    a rebuild leaves fewer tokens than the spares hold: the fill must stay above theirs."""
+    b = 4
+    model = tiny_model(frames=LONG, rebuild_keep_frames=keep)
+    tokens, actions, mask = _ragged(2 * b, columns, seed=7)
+    with torch.no_grad():
+        both = model.start(tokens, actions, mask)
+        active = {k: v[:b] if torch.is_tensor(v) else v for k, v in both.items()}
+        spare = {k: v[b:] if torch.is_tensor(v) else v for k, v in both.items()}
+        spare_before = {k: v.clone() for k, v in spare.items() if torch.is_tensor(v)}
+        ref = Reference(model, tokens[:b], actions[:b], mask[:b])
+        ref_spare = Reference(model, tokens[b:], actions[b:], mask[b:])
+        restarts = {1: [True, False, True, False], 3: [False, True, False, False],
+                    6: [True, False, False, True]}  # fmt: skip
+        alone = {}  # step -> the spares started then and stepped by themselves (temperature 0)
+        last = {}  # row -> the step it last restarted at
+        g = torch.Generator().manual_seed(3)
+        for t in range(10):
+            if t in restarts:
+                rows = torch.tensor(restarts[t])
+                active = where_rows(rows, spare, active)
+                ref.restart(rows, ref_spare)
+                last.update((r, t) for r in rows.nonzero().flatten().tolist())
+                if keep == 0:
+                    alone[t] = model.start(tokens[b:], actions[b:], mask[b:])
+            action = torch.randint(0, ACTIONS, (b,), generator=g)
+            fill = active["fill"]
+            active, new, _, _, logits = model.step(
+                active, action, temperature=0, return_logits=True
+            )
+            ref.check(fill, active["fill"], action, new, logits)
+            for t0 in alone:
+                alone[t0], _, _, _, alone_logits = model.step(
+                    alone[t0], action, temperature=0, return_logits=True
+                )
+                for r in (r for r, t1 in last.items() if t1 == t0):
+                    for key in ("obs", "reward", "end"):
+                        torch.testing.assert_close(
+                            logits[key][r], alone_logits[key][r], atol=1e-4, rtol=1e-4
+                        )
+        # The spare half of the shared buffers was never written.
+        for key, value in spare_before.items():
+            assert torch.equal(spare[key], value), key
+        assert active["fill"] >= both["fill"]
+
+
+def test_stepping_a_state_twice_or_a_later_spare_is_caught():
+    """A device-side assertion (no read-back) catches states whose rows hold tokens at or above
+    the fill: a state stepped a second time (its successor's newest tokens live there), or a
+    spare from a start with more frames than the running state's fill."""
+    model = tiny_model(frames=LONG)
+    tokens, actions, mask = _ragged(2, 2, seed=1)
+    with torch.no_grad():
+        state = model.start(tokens, actions, mask)
+        model.step(state, torch.zeros(2, dtype=torch.long))
+        with pytest.raises(RuntimeError):
+            model.step(state, torch.zeros(2, dtype=torch.long))
+        short = model.start(tokens[:, -1:], actions[:, -1:])  # 1 frame: fill 3
+        longer = model.start(*frames(2, 3))  # 3 frames: fill 13
+        mixed = where_rows(torch.tensor([True, False]), longer, short)
+        with pytest.raises(RuntimeError):
+            model.step(mixed, torch.zeros(2, dtype=torch.long))
+
+
+def test_imagination_reads_nothing_back(monkeypatch):
+    """No host synchronisation in start or step, carried, rebuilt or after ``where_rows``: the
+    fill is a Python int, and every way of reading a tensor back raises here."""
+    model = tiny_model(frames=LONG)
+    tokens, actions, mask = _ragged(4, 2, seed=2)
+    with torch.no_grad():
+        spare = model.start(tokens, actions, mask)
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("host synchronisation")
+
+    for name in ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, read_back)
+    monkeypatch.setattr(torch, "nonzero", read_back)
+    action = torch.zeros(4, dtype=torch.long)
+    with torch.inference_mode():
+        state = model.start(tokens, actions, mask)
+        for t in range(8):  # through carried steps and rebuilds
+            if t == 2:
+                state = where_rows(torch.tensor([True, False, False, True]), spare, state)
+            state, new, reward, end = model.step(state, action)
+            assert isinstance(state["fill"], int) and isinstance(state["start_fill"], int)
+    monkeypatch.undo()
+    assert new.shape == (4, K) and reward.shape == end.shape == (4,)
+
+
+def test_bf16_autocast_imagination_runs():
+    """Under autocast the cache holds bf16 keys (as the attention computes them)."""
+    model = tiny_model(frames=LONG)
+    tokens, actions, mask = _ragged(3, 2, seed=4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        state = model.start(tokens, actions, mask)
+        assert state["keys"].dtype == torch.bfloat16
+        for _ in range(6):
+            state, new, reward, end, logits = model.step(state, torch.ones(3, dtype=torch.long),
+                                                         return_logits=True)  # fmt: skip
+            assert all(torch.isfinite(v).all() for v in logits.values())
+
+
+def test_rebuild_keep_frames_is_checked():
+    with pytest.raises(ValueError, match="rebuild_keep_frames"):
+        tiny(frames=LONG, rebuild_keep_frames=LONG)
+    assert tiny_model(frames=LONG, rebuild_keep_frames=LONG - 1).rebuild_frames == LONG - 1
+    assert tiny_model(frames=LONG).rebuild_frames == LONG - 1
+
+
+def test_slots_a_row_does_not_own_are_finite(monkeypatch):
+    """A restarted row reads (masked out) the slots between its spare's tokens and the fill:
+    they must not hold NaN (0 * NaN in the attention), whatever a new buffer holds."""
+    from worldmodels.nn.transformer import KVCache
+
+    empty = KVCache.empty.__func__
+
+    def nan_filled(cls, *args, **kwargs):
+        cache = empty(cls, *args, **kwargs)
+        cache.k.fill_(float("nan"))
+        cache.v.fill_(float("nan"))
+        return cache
+
+    monkeypatch.setattr(KVCache, "empty", classmethod(nan_filled))
+    model = tiny_model(frames=LONG)
+    tokens, actions, mask = _ragged(4, 1, seed=5)
+    with torch.no_grad():
+        spare = model.start(tokens, actions, mask)
+        state = model.start(tokens, actions, mask)
+        state, *_ = model.step(state, torch.zeros(4, dtype=torch.long))
+        state = where_rows(torch.tensor([True, False, True, False]), spare, state)
+        for _ in range(6):  # carried, then rebuilt
+            state, *_, logits = model.step(state, torch.ones(4, dtype=torch.long),
+                                           return_logits=True)  # fmt: skip
+            assert all(torch.isfinite(v).all() for v in logits.values())

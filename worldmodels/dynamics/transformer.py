@@ -14,15 +14,61 @@ Padding frames (``mask`` False, as in ``Batch``) are left out of the sequence: n
 them and positions count real frames only, so a segment that starts an episode after padding is
 seen exactly like an imagined trajectory started from a short context.
 
-Imagination (``start``/``step``) keeps the last ``context_frames - 1`` frames of every trajectory
-and, for each imagined frame, encodes them with the chosen action in one batched call that fills a
-key/value cache, then draws the ``K`` new tokens one by one with ``K - 1`` cached single-token
-calls. Why the cache is rebuilt every frame instead of carried from frame to frame: positions are
-absolute, so once a window is full every new frame shifts the positions of all kept tokens and
-their keys must be recomputed anyway (IRIS's window is full from the first imagined frame when the
-burn-in is 20 frames); and a carried cache cannot be shared by rows at different fill levels,
-which ``DreamEnv`` creates when it restarts finished rows from spares started earlier, without
-reading the device to decide which rows must slide.
+Imagination (``start``/``step``) carries a key/value cache from frame to frame
+------------------------------------------------------------------------------
+
+What the model sees. Each row keeps its last ``W = context_frames - 1`` frames (the *window*, the
+current frame last). With the default ``rebuild_keep_frames = 0`` imagination is exact: every
+imagined frame (its ``K`` tokens, its reward and end) is predicted from the row's last
+``min(W, n)`` frames, ``n`` the frames of its history (real context kept by ``start`` plus those
+imagined since), the current frame with the chosen action last, at positions ``0 ..``: the same
+logits as ``forward`` over those frames (up to float rounding). With ``rebuild_keep_frames = k``
+(``1 <= k <= W``) a row sees a suffix of its history of between ``min(k, n)`` and ``min(W, n)``
+frames: after each rebuild (below) it restarts from its last ``k`` frames and grows by one frame a
+step until the next rebuild (IRIS's published code restarts from the current frame alone, ``k =
+1``). ``k = W`` is the exact default.
+
+The cache. The state holds every layer's keys and values in ``M = context_frames * (K + 1)``
+*physical* slots (IRIS: 340) shared by all rows: ``fill``, a plain Python int, is the first free
+slot, the same for every row, and ``kv_valid (B, M)`` says which slots hold a row's own tokens. A
+token is appended at slot ``fill`` for every row, at the row's own *logical* position ``pos[b]``
+(the learned position embedding), and attends to the row's valid slots below it: a row's slots are
+in temporal order, so the physical order gives causality. Rows at different fill levels share
+the cache this way: a row that ``DreamEnv`` restarts from a spare (``where_rows``) gets the
+spare's slots, which all lie below ``fill`` (spares are started by the same ``start`` call as the
+running rows and never stepped), and the slots between the spare's last token and ``fill`` are
+simply invalid for it. Since every step appends exactly ``K + 1`` tokens, the host always knows
+``fill``: nothing is read back from the device, whatever rows were restarted.
+
+A step. The current frame's last token ``o_t^K`` is not in the cache yet: the first call appends
+it with the chosen action ``a_t`` (2 tokens), whose features give the reward, the end and the new
+frame's first token; ``K - 1`` single-token calls then append and draw the others (the last token
+drawn waits for the next step). ``K`` calls per imagined frame; IRIS's published code makes
+``K + 1``.
+
+Rebuilds. When the next frame does not fit (``fill + K + 1 > M``; with ``K = 1`` also when
+``fill >= M - 2``), all rows are re-encoded from their windows in one batched call (each row's
+last ``W``, or ``k``, frames, left-padded, at positions ``0 ..``) into a fresh cache, which then
+continues as above. The host knows when: no read-back either. This rebuilds every row that must
+be: a row's window can only have dropped a frame (so that all its positions shift and its keys
+must be recomputed) after a step where it had ``W`` frames, which leaves ``fill >= M - 2``.
+(Restarted rows do not lower the shared ``fill``: the rebuild may come before they need it, with
+the same results.) So from a short context (IRIS: 1 frame) the first ``W`` imagined frames cost
+``K`` cached calls each and every later one a rebuild (one call over ``W * (K + 1)`` tokens, IRIS:
+323, plus ``K - 1`` cached calls, as before the cache was carried); ``rebuild_keep_frames = k``
+rebuilds only every ``W + 1 - k`` frames, for the approximation above.
+
+Buffers. ``step`` writes the new tokens' keys, values and ``kv_valid`` in place, at slots
+``fill ..`` of every row of the state it is given: slots that are scratch for that state (never
+one of its tokens, so the given state still describes its own frames), shared with the returned
+state (after a rebuild: fresh buffers). Hence the rules: step a state at most once (stepping it
+again would overwrite its successor's newest tokens; ``where_rows`` copies, so a mix of states is
+a new state), and never step a spare before it is swapped in. ``DreamEnv`` slices one ``2B``-row
+state into active and spare halves: steps write only the active rows (the spare rows of the shared
+buffers are never written), and every later running state is a fresh ``where_rows`` copy. A
+device-side assertion (no host synchronisation) catches a state whose rows have tokens at or above
+``fill`` (a state stepped twice, or a spare from a later ``start``). Run imagination in ``eval()``
+mode: dropout would otherwise perturb keys that are carried for many frames.
 """
 
 from __future__ import annotations
@@ -36,18 +82,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.heads.reward_end import NUM_END_CLASSES, NUM_REWARD_CLASSES
-from worldmodels.nn.transformer import GPT, GPTConfig, init_weights
+from worldmodels.nn.transformer import GPT, GPTConfig, KVCache, init_weights
 from worldmodels.registry import DYNAMICS
 
-ImagState = dict[str, Tensor]
-"""Imagination state, every entry batch-first and of a fixed shape, so rows can be swapped with
-``torch.where`` whatever their history (``W = context_frames - 1``):
+ImagState = dict[str, Tensor | int]
+"""Imagination state: batch-first tensors of fixed shapes (rows can be swapped with
+``torch.where`` whatever their history) and two Python ints shared by all rows. With
+``W = context_frames - 1``, ``M = context_frames * (K + 1)``:
 
-* ``tokens (B, W, K) int64``: observation tokens of the last ``W`` frames, oldest first; the last
-  one is the current frame;
+* ``tokens (B, W, K) int64``: observation tokens of the row's last ``W`` frames, oldest first; the
+  last one is the current frame;
 * ``actions (B, W) int64``: the actions taken in those frames; the last column (the current
   frame's action, not chosen yet) is ignored;
-* ``valid (B, W) bool``: False where a row has fewer than ``W`` real frames (left padding).
+* ``valid (B, W) bool``: False where a row has fewer than ``W`` real frames (left padding);
+* ``keys``, ``values (B, layers, heads, M, head_dim)``: the cache, in physical slots;
+* ``kv_valid (B, M) bool``: the slots that hold the row's own tokens;
+* ``pos (B,) int64``: the logical position of the row's next token, the current frame's last
+  observation token (not cached yet);
+* ``fill: int``: the first free physical slot, the same for every row;
+* ``start_fill: int``: the ``fill`` of the ``start`` call the state comes from, the most slots a
+  spare of it occupies (a rebuild never sets ``fill`` below it).
 """
 
 
@@ -64,6 +118,11 @@ class TransformerDynamicsConfig:
     gpt: GPTConfig = field(default_factory=GPTConfig)
     """The block stack (IRIS: 10 layers, 4 heads, width 256, dropout 0.1); its max_tokens is
     derived: context_frames * (tokens_per_frame + 1) (340 for IRIS), whatever is set here."""
+    rebuild_keep_frames: int = 0
+    """Imagination: frames kept when the carried cache is full and rebuilt (see the module
+    docstring). 0 (or context_frames - 1): exact sliding window of context_frames - 1 frames,
+    rebuilt every frame once a row's window is full; k: rows see between k and
+    context_frames - 1 frames, with a rebuild every context_frames - k frames (IRIS: 1)."""
 
     @property
     def max_tokens(self) -> int:
@@ -72,6 +131,11 @@ class TransformerDynamicsConfig:
     def __post_init__(self) -> None:
         if self.context_frames < 2:
             raise ValueError(f"context_frames must be >= 2, got {self.context_frames}")
+        if not 0 <= self.rebuild_keep_frames <= self.context_frames - 1:
+            raise ValueError(
+                f"rebuild_keep_frames must be in [0, context_frames - 1 = "
+                f"{self.context_frames - 1}], got {self.rebuild_keep_frames}"
+            )
 
 
 def _head(dim: int, out: int) -> nn.Sequential:
@@ -107,6 +171,7 @@ class TransformerDynamics(nn.Module):
         self.num_actions = num_actions
         self.K = config.tokens_per_frame
         self.window = config.context_frames - 1  # frames kept by imagination (+ the new one)
+        self.rebuild_frames = config.rebuild_keep_frames or self.window
         dim = config.gpt.embed_dim
         self.obs_embed = nn.Embedding(config.vocab_size, dim)
         self.act_embed = nn.Embedding(num_actions, dim)
@@ -239,23 +304,64 @@ class TransformerDynamics(nn.Module):
             return torch.get_autocast_dtype(device.type)
         return self.pos_embed.weight.dtype
 
+    def _encode(
+        self, tokens: Tensor, actions: Tensor, valid: Tensor, drop: int, min_fill: int,
+        dtype: torch.dtype,
+    ) -> tuple[KVCache, Tensor | None, Tensor]:  # fmt: skip
+        """A fresh cache of ``M`` slots holding the frames ``tokens (B, n, K)``, ``actions (B, n)``,
+        ``valid (B, n)`` but their last ``drop`` tokens, at positions ``0 ..`` (padding frames
+        masked out), from slot ``max(0, min_fill - (n * (K + 1) - drop))`` on so that the cache's
+        size is at least ``min_fill`` (the slots below are invalid). Returns the cache, the
+        features ``(B, D)`` of the last token (None if ``drop > 0``: not computed) and the logical
+        positions ``(B, n * (K + 1))`` of all the frames' tokens."""
+        b, n, k = tokens.shape
+        x, pos, key_valid = self._sequence(tokens, actions, valid)
+        length = n * (k + 1) - drop
+        cache = self.gpt.empty_cache(b, tokens.device, dtype)
+        cache.size, cache.padded = max(0, min_fill - length), True  # slots [0, size): invalid
+        cache.k[:, :, :, : cache.size].zero_()
+        cache.v[:, :, :, : cache.size].zero_()
+        h = None
+        if length > 0:  # the features of the last token only, if any
+            h = self.gpt(x[:, :length], cache, valid=key_valid[:, :length], last=int(drop == 0))
+            h = h[:, -1] if drop == 0 else None
+        # Slots above the fill are read (masked out) by rows restarted from spares: keep them
+        # finite, as 0 * NaN in the attention would not be.
+        cache.k[:, :, :, cache.size :].zero_()
+        cache.v[:, :, :, cache.size :].zero_()
+        return cache, h, pos
+
     @torch.no_grad()
     def start(self, tokens: Tensor, actions: Tensor, mask: Tensor | None = None) -> ImagState:
         """Imagination state from real frames: ``tokens (B, T0, K)`` int64, ``actions (B, T0)``
         int64 (the last column is ignored: the agent chooses that action), ``mask (B, T0)`` bool
         (False on padding frames; default all real). The last frame is the current observation
         and must be real. Only the last ``context_frames - 1`` frames are kept: with the next
-        imagined frame they fill the context. No network call: ``step`` encodes the window."""
+        imagined frame they fill the context. One call encodes them (but the current frame's last
+        token and action, which ``step`` appends) into the cache; the state's ``fill`` is
+        ``min(T0, context_frames - 1) * (K + 1) - 2``.
+
+        Spares that ``DreamEnv`` swaps in for finished rows must come from the same call as the
+        rows they replace (or one with as many or fewer frames): see the module docstring."""
         self._check(tokens, actions, mask)
         w = self.window
         if mask is None:
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         tokens, actions, mask = tokens[:, -w:], actions[:, -w:], mask[:, -w:]
+        cache, _, pos = self._encode(
+            tokens, actions, mask, drop=2, min_fill=0, dtype=self._cache_dtype(tokens.device)
+        )
         pad = w - tokens.shape[1]  # fewer frames than the window: left padding
         return {
             "tokens": F.pad(tokens, (0, 0, pad, 0)),  # (B, W, K)
             "actions": F.pad(actions, (pad, 0)),  # (B, W)
             "valid": F.pad(mask, (pad, 0), value=False),  # (B, W)
+            "keys": cache.k,  # (B, L, heads, M, head_dim)
+            "values": cache.v,
+            "kv_valid": cache.valid,  # (B, M)
+            "pos": pos[:, -2],  # (B,): the current frame's last token
+            "fill": cache.size,
+            "start_fill": cache.size,
         }
 
     @torch.no_grad()
@@ -269,24 +375,39 @@ class TransformerDynamics(nn.Module):
         end (B,) bool)``, plus, with ``return_logits``, a dict of the logits the draws came from
         (``obs (B, K, vocab)``, ``reward (B, 3)``, ``end (B, 2)``). The tokens are drawn one by
         one at ``temperature`` (0 = argmax); the reward sign and end from their plain logits, as
-        IRIS does. Draws use the global torch RNG; nothing is read back to the host, and
-        ``state`` is not modified.
+        IRIS does. Draws use the global torch RNG; nothing is read back to the host.
 
-        Calls: one batched call over the window's ``(context_frames - 1) * (K + 1)`` tokens
-        (IRIS: 19 x 17 = 323; the last one is the action, whose features give the reward, the
-        end and the first new token), then ``K - 1`` cached single-token calls, one per further
-        token (the last token needs no call: the next step re-encodes the window with it).
+        Calls: one that appends the current frame's last token and ``a_t`` (2 tokens; when the
+        cache is full, instead one over the rebuilt window: see the module docstring), whose
+        features at ``a_t`` give the reward, the end and the first new token, then ``K - 1``
+        cached single-token calls. The new keys are written in place at slots ``fill ..`` of
+        ``state``'s buffers, which the returned state shares: step a state at most once.
         """
         tokens, actions, valid = state["tokens"], state["actions"], state["valid"]
         b, w, k = tokens.shape
+        fill, start_fill = state["fill"], state["start_fill"]
+        keys, kv_valid = state["keys"], state["kv_valid"]
+        m = keys.shape[3]
+        # No row may hold tokens at or above the fill (stepped twice, or a spare from a later
+        # start): checked on the device, without reading it back.
+        torch._assert_async(~kv_valid[:, fill:].any())
         actions = torch.cat([actions[:, :-1], action[:, None]], dim=1)  # (B, W): a_t chosen
-        x, pos, key_valid = self._sequence(tokens, actions, valid)  # (B, W * (K + 1), D), ...
-        cache = self.gpt.empty_cache(
-            b, x.device, self._cache_dtype(x.device), max_tokens=w * (k + 1) + k - 1
-        )
-        h = self.gpt(x, cache, valid=key_valid)[:, -1]  # (B, D): the features at a_t
+        if fill + max(k + 1, 3) > m:  # full: re-encode the last frames of every row's window
+            n = self.rebuild_frames
+            # min_fill: the fill stays >= start_fill (that of the spares) after this step.
+            cache, h, pos = self._encode(
+                tokens[:, -n:], actions[:, -n:], valid[:, -n:], drop=0,
+                min_fill=start_fill + 2, dtype=keys.dtype,
+            )  # fmt: skip
+            first_pos = pos[:, -1] + 1  # (B,): position of the new frame's first token
+        else:  # append o_t^K and a_t at slots fill, fill + 1
+            cache = KVCache(keys, state["values"], kv_valid, size=fill, padded=True)
+            pos = state["pos"]  # (B,): position of o_t^K
+            x = torch.stack([self.obs_embed(tokens[:, -1, -1]), self.act_embed(action)], dim=1)
+            x = x + self.pos_embed(pos[:, None] + torch.arange(2, device=pos.device))
+            h = self.gpt(x, cache)[:, -1]  # (B, D): the features at a_t
+            first_pos = pos + 2
         reward_logits, end_logits = self.reward_head(h), self.end_head(h)  # (B, 3), (B, 2)
-        first_pos = pos[:, -1] + 1  # (B,): position of the new frame's first token
         new_tokens, obs_logits = [], []
         for i in range(k):
             logits = self.obs_head(h)  # (B, vocab): the new frame's token i
@@ -303,6 +424,12 @@ class TransformerDynamics(nn.Module):
             "tokens": torch.cat([tokens[:, 1:], next_tokens[:, None]], dim=1),  # (B, W, K)
             "actions": torch.cat([actions[:, 1:], torch.zeros_like(action)[:, None]], dim=1),
             "valid": F.pad(valid[:, 1:], (0, 1), value=True),  # (B, W)
+            "keys": cache.k,
+            "values": cache.v,
+            "kv_valid": cache.valid,
+            "pos": first_pos + k - 1,  # (B,): the new frame's last token, drawn, not cached
+            "fill": cache.size,
+            "start_fill": start_fill,
         }
         if not return_logits:
             return new_state, next_tokens, reward, end

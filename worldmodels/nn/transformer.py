@@ -6,7 +6,11 @@ nanoGPT and IRIS): ``x + attn(LN(x))`` then ``x + mlp(LN(x))``, with a final lay
 
 The ``KVCache`` keeps every layer's keys and values in two preallocated batch-first tensors
 ``(B, L, heads, max_tokens, head_dim)``, so calls can append tokens one (or a chunk) at a time.
-Sequences of different lengths share a batch through padding tokens that nothing attends to.
+Sequences of different lengths share a batch through padding tokens that nothing attends to, and
+a cache's slots are physical: every call appends at the same slot for all rows, but which slots a
+row's tokens attend to is the row's own (``KVCache.valid``), so rows may hold holes (a row whose
+tokens were replaced by another sequence's, shorter, as in ``TransformerDynamics``' imagination).
+Positions are the caller's, per row.
 """
 
 from __future__ import annotations
@@ -44,12 +48,14 @@ class GPTConfig:
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer.
 
-    ``k`` and ``v`` are ``(B, L, heads, max_tokens, head_dim)``; the first ``size`` positions of
-    dimension 3 hold the tokens fed so far (the rest is scratch, never read). ``valid (B,
-    max_tokens)`` bool marks which of them later tokens may attend to (False: padding);
-    ``padded`` says whether any token was fed as padding, so calls without padding skip the mask.
-    ``size`` is a host-side int: all rows of a cache hold the same number of tokens, so no call
-    needs to read the device.
+    ``k`` and ``v`` are ``(B, L, heads, max_tokens, head_dim)``; the first ``size`` slots of
+    dimension 3 hold the tokens fed so far (the rest is scratch: written by the next calls before
+    they read it). ``valid (B, max_tokens)`` bool marks which of them later tokens may attend to
+    (False: padding, or slots a row does not own; their keys and values are still read, masked
+    out, so they must be finite); ``padded`` says whether any slot below ``size`` may be invalid,
+    so calls without padding skip the mask. ``size`` is a host-side int shared by all rows (the
+    next call writes at the same slot for every row), so no call needs to read the device. The
+    fields may be views of a caller's buffers: calls write them in place.
     """
 
     k: Tensor
@@ -105,6 +111,10 @@ def attention_mask(
     which would leak into real tokens through 0 * NaN in the next layer."""
     if key_valid is None and (t == 1 or start == 0):
         return None
+    if t == 1 and key_valid is not None:  # one new token: its row of the mask (fewer ops)
+        visible = key_valid.clone()
+        visible[:, start] = True
+        return visible[:, None, None]
     causal = torch.ones(t, start + t, dtype=torch.bool, device=device).tril(start)
     if key_valid is None:
         return causal
@@ -123,28 +133,41 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None
-    ) -> Tensor:
+        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None,
+        last: int | None = None,
+    ) -> Tensor:  # fmt: skip
         """``x (B, T, D)``; with ``kv`` (a layer of a cache holding ``start`` tokens) the new keys
         and values are written at ``start:start + T`` and the queries see all ``start + T``.
-        ``mask`` is ``attention_mask(...)``: None means causal among the new tokens."""
+        ``last``: only the last ``last`` tokens' outputs are computed, ``(B, last, D)`` (the keys
+        and values of all ``T`` still are).
+        ``mask`` is ``attention_mask(...)`` (bool) or the same as an additive float mask (0 or
+        -inf, in the queries' dtype): None means causal among the new tokens."""
+        # (Few, cheap ops: one-token cached calls are dominated by per-op overheads.)
         b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)  # (B, T, D) each
-        q = q.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, nh, T, hs) each
         dropout_p = self.attn_dropout if self.training else 0.0
         if kv is not None:
             k_buf, v_buf = kv  # (B, nh, max_tokens, hs) each
-            k_buf[:, :, start : start + t] = k
-            v_buf[:, :, start : start + t] = v
-            k = k_buf[:, :, : start + t].to(q.dtype)  # (B, nh, S + T, hs)
-            v = v_buf[:, :, : start + t].to(q.dtype)  # (B, nh, S + T, hs)
+            k_buf.narrow(2, start, t).copy_(k)
+            v_buf.narrow(2, start, t).copy_(v)
+            k = k_buf.narrow(2, 0, start + t)  # (B, nh, S + T, hs)
+            v = v_buf.narrow(2, 0, start + t)
+            if k.dtype != q.dtype:
+                k, v = k.to(q.dtype), v.to(q.dtype)
+        if last is not None and last < t:
+            if last == 0:
+                return x[:, :0]
+            q = q[:, :, t - last :]  # (B, nh, last, hs)
+            if mask is None:  # causal from scratch (start == 0), for the last queries
+                mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            mask = mask[..., t - last :, :]
+            t = last
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None and t > 1
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D): heads side by side
-        return self.resid_dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D): heads side by side
+        return self.resid_dropout(y) if self.training else y
 
 
 class MLP(nn.Module):
@@ -155,7 +178,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        y = self.proj(F.gelu(self.fc(x)))
+        return self.dropout(y) if self.training else y
 
 
 class Block(nn.Module):
@@ -167,9 +191,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None
-    ) -> Tensor:
-        x = x + self.attn(self.ln1(x), kv, start, mask)
+        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None,
+        last: int | None = None,
+    ) -> Tensor:  # fmt: skip
+        y = self.attn(self.ln1(x), kv, start, mask, last)
+        if last is not None:
+            x = x[:, x.shape[1] - y.shape[1] :]  # the last tokens only
+        x = x + y
         return x + self.mlp(self.ln2(x))
 
 
@@ -196,8 +224,9 @@ class GPT(nn.Module):
         )  # fmt: skip
 
     def forward(
-        self, x: Tensor, cache: KVCache | None = None, valid: Tensor | None = None
-    ) -> Tensor:
+        self, x: Tensor, cache: KVCache | None = None, valid: Tensor | None = None,
+        last: int | None = None,
+    ) -> Tensor:  # fmt: skip
         """``x (B, T, D)`` float -> ``(B, T, D)``.
 
         Without a cache, token ``t`` attends to tokens ``0..t``. With a cache holding ``S``
@@ -207,6 +236,10 @@ class GPT(nn.Module):
         ``valid (B, T)`` bool marks padding (False): no later token attends to a padding token
         (in this call or, through the cache, in later ones). A padding token still attends to
         itself so its features stay finite; they mean nothing. Positions are the caller's.
+
+        ``last``: return the features of the last ``last`` tokens only, ``(B, last, D)``, and skip
+        the rest of the work of the final block (whose other outputs nothing reads): for a cache
+        fill whose features are not needed (``last=0``) or only at the end (``last=1``).
         """
         b, t, _ = x.shape
         if cache is None:
@@ -225,9 +258,18 @@ class GPT(nn.Module):
             cache.padded = cache.padded or valid is not None
             key_valid = cache.valid[:, : start + t] if cache.padded else None  # (B, S + T)
         mask = attention_mask(t, start, key_valid, x.device)
-        x = self.drop(x)
+        if mask is not None:  # additive, once for all layers (SDPA would convert it in each)
+            dtype = x.dtype
+            if torch.is_autocast_enabled(x.device.type):  # the queries' dtype
+                dtype = torch.get_autocast_dtype(x.device.type)
+            visible = mask
+            mask = torch.full(visible.shape, float("-inf"), dtype=dtype, device=x.device)
+            mask.masked_fill_(visible, 0.0)
+        if self.training:
+            x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if cache is None else cache.layer(i), start, mask)
+            kv = None if cache is None else cache.layer(i)
+            x = block(x, kv, start, mask, last if i == len(self.blocks) - 1 else None)
         if cache is not None:
             cache.size = start + t
         return self.ln_f(x)
