@@ -240,7 +240,23 @@ class GPT(nn.Module):
         ``last``: return the features of the last ``last`` tokens only, ``(B, last, D)``, and skip
         the rest of the work of the final block (whose other outputs nothing reads): for a cache
         fill whose features are not needed (``last=0``) or only at the end (``last=1``).
+
+        Calls with a cache run eagerly even in a compiled GPT (``module.compile()``): the cache's
+        fill, a Python int, changes with every call and would recompile each time.
         """
+        if cache is not None:
+            return self._forward_cached(x, cache, valid, last)
+        return self._forward(x, None, valid, last)
+
+    @torch.compiler.disable
+    def _forward_cached(
+        self, x: Tensor, cache: KVCache, valid: Tensor | None, last: int | None
+    ) -> Tensor:
+        return self._forward(x, cache, valid, last)
+
+    def _forward(
+        self, x: Tensor, cache: KVCache | None, valid: Tensor | None, last: int | None
+    ) -> Tensor:
         b, t, _ = x.shape
         if cache is None:
             if t > self.cfg.max_tokens:

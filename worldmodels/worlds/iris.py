@@ -152,7 +152,7 @@ class IrisWorld(nn.Module):
 
     def hot_modules(self) -> list[nn.Module]:
         """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
-        return [self.dynamics.gpt]
+        return [self.dynamics.gpt, self.tokenizer.encoder, self.tokenizer.decoder]
 
     # ---------------------------------------------------------------- frames
 
