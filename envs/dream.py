@@ -70,6 +70,9 @@ class DreamEnv:
         self.num_envs = num_envs
         self.horizon = horizon
         self.device = torch.device(device)
+        self.read_done_on_host = self.device.type == "cpu"
+        """Check on the host whether any row finished and skip the row swap if none did: free
+        on a CPU (and the swap copies whole states); elsewhere it would be a synchronisation."""
         self.num_actions = world.num_actions
         self.obs_shape = tuple(world.obs_shape)
         self.context_len = world.context_len
@@ -133,9 +136,14 @@ class DreamEnv:
             t = self._t + 1
             trunc = (t >= self.horizon) & ~end
             done = end | trunc
-            self._state = where_rows(done, self._spare, state)
-            rows = done.view(-1, *([1] * (obs.ndim - 1)))
-            next_obs = torch.where(rows, self._spare_obs, obs)
+            if self.read_done_on_host and not bool(done.any()):
+                # skips copying every row of a state that may be large (the IRIS key/value
+                # cache: ~56 MB at batch 8)
+                self._state, next_obs = state, obs
+            else:  # no host sync on accelerators
+                self._state = where_rows(done, self._spare, state)
+                rows = done.view(-1, *([1] * (obs.ndim - 1)))
+                next_obs = torch.where(rows, self._spare_obs, obs)
             self._t = torch.where(done, torch.zeros_like(t), t)
         # Clones leave inference mode, so an agent may feed these into its autograd graph.
         info = {"final_obs": obs.clone()}

@@ -183,6 +183,7 @@ def test_terminal_observation_is_the_last_frame_of_the_trajectory():
 
 def test_one_device_to_host_copy_per_step(monkeypatch):
     venv = DreamVecEnv(bandit_dream())
+    venv.dream.read_done_on_host = False  # as on an accelerator (a CPU reads it for free)
     counts: dict[str, int] = {}
     for name in ("cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__"):
         original = getattr(torch.Tensor, name)
