@@ -135,6 +135,28 @@ def test_world_imagines_in_a_dream_env(name, channels_last):
         started = torch.where(term | trunc, t + 1, started)
 
 
+@pytest.mark.parametrize("name", WORLDS.names())
+def test_skipping_the_row_swap_on_cpu_changes_nothing(name):
+    """DreamEnv's CPU shortcut (no row swap in steps where no row finished) leaves every world's
+    trajectories bitwise unchanged, also for states that share buffers (the IRIS cache)."""
+    from envs.dream import DreamEnv
+    from envs.testing import random_store
+
+    world = _smoke_world(name, False).eval()
+    store = random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
+    runs = []
+    for read in (True, False):
+        torch.manual_seed(0)
+        dream = DreamEnv(world, store, num_envs=3, horizon=3, device="cpu", seed=0)
+        dream.read_done_on_host = read
+        out = [dream.reset()[0]]
+        for t in range(8):
+            obs, rew, term, trunc, info = dream.step(torch.tensor([t % 4, 1, 3]))
+            out += [obs, rew, term, trunc, info["final_obs"]]
+        runs.append(out)
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 # Every agent in every world: "any agent trains in any world" is a test, not a claim.
 SMALL_AGENT = {
     "actor_critic": ["agent.num_envs=2", "agent.horizon=2"],
