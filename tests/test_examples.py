@@ -3,6 +3,7 @@ a user would (pip, entry point) or imported with --plugin; the conformance tests
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from test_cli import ROOT, run
 pytestmark = pytest.mark.slow
 
 EXAMPLE = ROOT / "examples" / "reinforce_agent"
+IGNORED = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
 TINY = [
     "--env", "Breakout", "--world", "vae", "--agent", "reinforce_linear", "--preset", "smoke",
     "--set", "schedule.initial_collect_steps=60",
@@ -48,9 +50,11 @@ def test_plugin_import_route(tmp_path):
 
 def test_entry_point_route_and_conformance(tmp_path):
     site = tmp_path / "site"
+    # a copy, so that the build leaves nothing in the repository (setuptools writes build/)
+    source = shutil.copytree(EXAMPLE, tmp_path / "reinforce_agent", ignore=IGNORED)
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(EXAMPLE)],
+         "--target", str(site), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr
