@@ -43,6 +43,35 @@ def episode_digests(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.glob("ep_*.npz")}
 
 
+def latest_checkpoint(run_dir: Path) -> str:
+    """The name of the run's newest checkpoint ("" before the first)."""
+    p = run_dir / "checkpoints" / "latest"
+    return p.read_text().strip() if p.exists() else ""
+
+
+def start_train(*args, cwd) -> subprocess.Popen:
+    """``train.py ARGS`` in the background, output discarded."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=cwd, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def kill_when(proc: subprocess.Popen, run_dir: Path, reached, timeout: float) -> str:
+    """SIGKILL ``proc`` as soon as ``reached(latest checkpoint name)`` (or after ``timeout`` s)
+    and return that name; fails if the run ended by itself first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not reached(latest_checkpoint(run_dir)):
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return latest_checkpoint(run_dir)
+
+
 def test_train_smoke_writes_everything_it_promises(tmp_path):
     run("train.py", "--env", "Breakout", "--name", "a", "--seed", "1", *TINY, cwd=tmp_path)
     d = tmp_path / "runs" / "a"
@@ -79,21 +108,9 @@ def test_seeded_cpu_runs_repeat_exactly(tmp_path):
 def test_sigkill_then_resume_loses_no_episode(tmp_path):
     args = ["--env", "Breakout", "--name", "k", *TINY, "--set", "schedule.epochs=60",
             "--set", "schedule.test_every=0", "--set", "schedule.num_envs=1"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     d = tmp_path / "runs" / "k"
     latest = d / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if latest.exists() and latest.read_text().strip() >= "epoch_000003":
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(start_train(*args, cwd=tmp_path), d, lambda name: name >= "epoch_000003", 120)
     killed_at = json.loads(
         (d / "checkpoints" / latest.read_text().strip() / "meta.json").read_text()
     )

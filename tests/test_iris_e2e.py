@@ -2,16 +2,11 @@
 read back (losses, frames/s, reconstructions, real-vs-imagined video, test returns)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from tb_read import tags
-from test_cli import ROOT, episode_digests, run
+from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -37,27 +32,15 @@ TINY_IRIS = [
 
 
 def test_iris_run_killed_resumed_and_logged(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "--env", "Breakout", "--name", "i", *TINY_IRIS],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     d = tmp_path / "runs" / "i"
-    latest = d / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if latest.exists() and latest.read_text().strip() >= "epoch_000003":
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    proc = start_train("--env", "Breakout", "--name", "i", *TINY_IRIS, cwd=tmp_path)
+    kill_when(proc, d, lambda name: name >= "epoch_000003", 240)
     before = episode_digests(d / "episodes")
 
     assert "resuming from epoch_" in run("train.py", "--resume", d, cwd=tmp_path).stdout
     after = episode_digests(d / "episodes")
     assert all(after.get(name) == digest for name, digest in before.items())
-    ckpt = d / "checkpoints" / latest.read_text().strip()
+    ckpt = d / "checkpoints" / latest_checkpoint(d)
     meta = json.loads((ckpt / "meta.json").read_text())
     state = torch.load(ckpt / "state.pt", weights_only=True)["state"]
     assert meta["counters"]["epoch"] == 10 and meta["counters"]["resumes"] == 1

@@ -2,16 +2,11 @@
 stage and at a stage boundary, each followed by ``--resume``, neither losing nor repeating work."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from tb_read import tags
-from test_cli import ROOT, episode_digests, run
+from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -46,26 +41,9 @@ def test_vae_world_staged_run_logs_every_stage(tmp_path):
     assert results["world"] == "vae" and results["agent"] == "cmaes"
 
 
-def _latest(d):
-    p = d / "checkpoints" / "latest"
-    return p.read_text().strip() if p.exists() else ""
-
-
-def _start(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def _kill_at(proc, d, name, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline and _latest(d) != name and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert _latest(d) == name, f"expected to kill at {name}, latest is {_latest(d)}"
+def _kill_at(args, d, name, cwd):
+    latest = kill_when(start_train(*args, cwd=cwd), d, lambda n: n == name, 240)
+    assert latest == name, f"expected to kill at {name}, latest is {latest}"
 
 
 def test_sigkill_inside_a_stage_and_at_a_boundary_then_resume(tmp_path):
@@ -76,14 +54,14 @@ def test_sigkill_inside_a_stage_and_at_a_boundary_then_resume(tmp_path):
             "--set", "world.mdn_training.steps_per_epoch=60",
             "--set", "world.mdn_training.batch_size=64"]  # fmt: skip
     d = tmp_path / "runs" / "k"
-    _kill_at(_start(args, tmp_path), d, "phase01_000000020")  # inside the VAE stage
+    _kill_at(args, d, "phase01_000000020", tmp_path)  # inside the VAE stage
     episodes = episode_digests(d / "episodes")
 
-    _kill_at(_start(["--resume", d], tmp_path), d, "phase02_000000000")  # VAE -> MDN-RNN
+    _kill_at(["--resume", d], d, "phase02_000000000", tmp_path)  # VAE -> MDN-RNN
     assert episode_digests(d / "episodes") == episodes  # collection was not repeated
 
     run("train.py", "--resume", d, cwd=tmp_path)
-    ckpt = d / "checkpoints" / _latest(d)
+    ckpt = d / "checkpoints" / latest_checkpoint(d)
     state = torch.load(ckpt / "state.pt", weights_only=True)["state"]
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["counters"]["resumes"] == 2

@@ -2,16 +2,11 @@
 and SIGKILL + ``--resume`` continuing every counter and optimizer."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from tb_read import tags
-from test_cli import ROOT, episode_digests, run
+from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +54,7 @@ def test_diffusion_world_run_logs_what_it_promises(tmp_path):
 
 
 def _state(d):
-    ckpt = d / "checkpoints" / (d / "checkpoints" / "latest").read_text().strip()
+    ckpt = d / "checkpoints" / latest_checkpoint(d)
     return torch.load(ckpt / "state.pt", weights_only=True)["state"], json.loads(
         (ckpt / "meta.json").read_text()
     )
@@ -69,21 +64,8 @@ def test_sigkill_and_resume_continue_a_world_run(tmp_path):
     epochs = 12
     args = ["--env", "Breakout", "--name", "k", *TINY_WORLD, "--set", f"schedule.epochs={epochs}",
             "--set", "schedule.test_every=0", "--set", "schedule.video_every=0"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     d = tmp_path / "runs" / "k"
-    latest = d / "checkpoints" / "latest"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if latest.exists() and latest.read_text().strip() >= "epoch_000002":
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kill_when(start_train(*args, cwd=tmp_path), d, lambda name: name >= "epoch_000002", 240)
     killed_state, killed_meta = _state(d)
     before = episode_digests(d / "episodes")
 
