@@ -242,6 +242,10 @@ class OnlineSchedule:
         n = self.agent.config.training.steps_in(self.counters.epoch + 1)
         if n == 0:
             return
+        self.logger.scalars(self.agent_updates(n), self.counters.env_steps, prefix="agent/")
+
+    def agent_updates(self, n: int) -> dict[str, float]:
+        """``n`` agent updates in the dream; their logs averaged, with the imagined frames/s."""
         frames = Rate()
         logs = []
         for _ in range(n):
@@ -249,7 +253,7 @@ class OnlineSchedule:
             frames.add(self.dream.num_envs * self.dream.horizon)
         mean = {k: float(np.mean([entry[k] for entry in logs])) for k in logs[0]}
         mean["imagination_frames_per_s"] = frames.read()
-        self.logger.scalars(mean, self.counters.env_steps, prefix="agent/")
+        return mean
 
     @torch.inference_mode()
     def log_imagination(self, num: int = 4, step: int | None = None) -> None:

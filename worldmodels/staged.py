@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.random import RandomAgent
@@ -83,13 +82,7 @@ class StagedSchedule(OnlineSchedule):
         bar.update(self.counters.phase_step)
         while self.counters.phase_step < total:
             n = self._chunk(total, self.cfg.schedule.staged_agent_chunk)
-            frames = Rate()
-            logs = []
-            for _ in range(n):
-                logs.append(self.agent.train_in_imagination(self.dream))
-                frames.add(self.dream.num_envs * self.dream.horizon)
-            mean = {k: float(np.mean([entry[k] for entry in logs])) for k in logs[0]}
-            mean["imagination_frames_per_s"] = frames.read()
+            mean = self.agent_updates(n)
             self.counters.phase_step += n
             self.counters.updates += n
             self.logger.scalars(mean, self.counters.updates, prefix="agent/")
