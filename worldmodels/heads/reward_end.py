@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.interfaces import Batch
-from worldmodels.nn.blocks import Downsample, ResBlocks, conv3x3
+from worldmodels.nn.blocks import Downsample, ResBlocks, check_levels, conv3x3
 from worldmodels.nn.pixels import to_float
 
 State = tuple[Tensor, Tensor]  # (h, c), each (B, lstm_dim)
@@ -45,13 +45,7 @@ class RewardEndConfig:
     """Height and width of the frames."""
 
     def __post_init__(self) -> None:
-        if not len(self.channels) == len(self.depths) == len(self.attn_depths):
-            raise ValueError(
-                f"channels, depths and attn_depths need one entry per level, got "
-                f"{len(self.channels)}, {len(self.depths)} and {len(self.attn_depths)}"
-            )
-        if min(self.depths) < 1:
-            raise ValueError(f"every level needs at least one res block, got depths={self.depths}")
+        check_levels(self.channels, self.depths, self.attn_depths)
         if self.img_size % 2 ** (len(self.channels) - 1):
             raise ValueError(
                 f"img_size ({self.img_size}) must be divisible by 2^(levels - 1) = "

@@ -17,6 +17,17 @@ GROUP_SIZE = 32  # channels per group norm group (DIAMOND: 32; a 64-channel laye
 NORM_EPS = 1e-5
 
 
+def check_levels(channels: tuple, depths: tuple, attn_depths: tuple) -> None:
+    """Config check of a multi-level conv net: one entry per level, at least one block each."""
+    if not len(channels) == len(depths) == len(attn_depths):
+        raise ValueError(
+            f"channels, depths and attn_depths need one entry per level, got "
+            f"{len(channels)}, {len(depths)} and {len(attn_depths)}"
+        )
+    if min(depths) < 1:
+        raise ValueError(f"every level needs at least one res block, got depths={depths}")
+
+
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1)
 

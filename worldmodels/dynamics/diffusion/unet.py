@@ -32,6 +32,7 @@ from worldmodels.nn.blocks import (
     FourierFeatures,
     ResBlocks,
     Upsample,
+    check_levels,
     conv3x3,
     group_norm,
 )
@@ -61,13 +62,7 @@ class DenoiserNetConfig:
     img_channels: int = 3
 
     def __post_init__(self) -> None:
-        if not len(self.channels) == len(self.depths) == len(self.attn_depths):
-            raise ValueError(
-                f"channels, depths and attn_depths need one entry per level, got "
-                f"{len(self.channels)}, {len(self.depths)} and {len(self.attn_depths)}"
-            )
-        if min(self.depths) < 1:
-            raise ValueError(f"every level needs at least one res block, got depths={self.depths}")
+        check_levels(self.channels, self.depths, self.attn_depths)
         if self.cond_channels % self.context:
             raise ValueError(
                 f"cond_channels ({self.cond_channels}) must be divisible by context "
