@@ -183,24 +183,18 @@ class MDNRNN(nn.Module):
         nll = torch.where(valid, nll, 0.0).sum() / n
         loss = nll
         keys, values = ["nll"], [nll]
+        heads = []
         if self.config.reward_head:
-            target = rew[:, :-1].sign().long() + 1  # (B, T - 1) in {0, 1, 2}
-            ce = F.cross_entropy(
-                out["reward_logits"].float().transpose(1, 2), target, reduction="none"
-            )
-            loss_reward = torch.where(valid, ce, 0.0).sum() / n
-            loss = loss + loss_reward
-            keys.append("loss_reward")
-            values.append(loss_reward)
+            heads.append(("reward", rew[:, :-1].sign().long() + 1))  # (B, T - 1) in {0, 1, 2}
         if self.config.end_head:
-            target = end[:, :-1].long()  # (B, T - 1) in {0, 1}
-            ce = F.cross_entropy(
-                out["end_logits"].float().transpose(1, 2), target, reduction="none"
-            )
-            loss_end = torch.where(valid, ce, 0.0).sum() / n
-            loss = loss + loss_end
-            keys.append("loss_end")
-            values.append(loss_end)
+            heads.append(("end", end[:, :-1].long()))  # (B, T - 1) in {0, 1}
+        for name, target in heads:
+            logits = out[f"{name}_logits"].float().transpose(1, 2)  # (B, classes, T - 1)
+            ce = F.cross_entropy(logits, target, reduction="none")
+            head_loss = torch.where(valid, ce, 0.0).sum() / n
+            loss = loss + head_loss
+            keys.append(f"loss_{name}")
+            values.append(head_loss)
         with torch.no_grad():
             logged = torch.stack([loss, *values]).tolist()  # one host sync
         return loss, dict(zip(["loss", *keys], logged, strict=True))
