@@ -120,6 +120,9 @@ class RunConfig:
     """Keep convolution weights and activations channels-last (faster convs on CPU and GPU)."""
     compile: bool = False
     """``torch.compile`` the hot modules of the world and agent (worth it on CUDA)."""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """Capture the hot loops (imagination, the agent's update, each stage's train step) in CUDA
+    graphs and replay them: auto = on for CUDA, off on CPU (where ``on`` is an error)."""
     progress: bool = True
     """Show a progress bar with ETA on long loops."""
     plugins: tuple[str, ...] = ()

@@ -88,20 +88,36 @@ class Updater:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.steps = 0
+        self.skipped = 0
+        """Steps skipped so far because the loss or the gradient norm was not finite."""
+        self.skipped_in_a_row = 0
+        """Consecutive skipped steps up to the last one (0 after a step that was applied)."""
 
     def update(self, loss_fn: Callable[[Any], tuple[Tensor, dict]], x: Any) -> dict[str, float]:
+        """One step: loss, backward, clipping, optimizer and schedule step. A step whose loss or
+        gradient norm is not finite changes no weight and no optimizer state (it is counted in
+        ``skipped``, and the logs say ``nonfinite = 1``); the learning-rate schedule still
+        advances, so a skipped step costs one step of the schedule, like an applied one."""
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             loss, logs = loss_fn(x)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
-        self.optimizer.step()
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.skipped_in_a_row = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.skipped_in_a_row += 1
         self.scheduler.step()
         self.steps += 1
-        logs = dict(logs)
+        logs = {k: float(v) for k, v in logs.items()}
         logs["grad_norm"] = float(grad_norm)
         logs["lr"] = self.scheduler.get_last_lr()[0]
+        logs["nonfinite"] = float(not finite)
         return logs
 
     def state_dict(self) -> dict:
@@ -109,12 +125,16 @@ class Updater:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps,
+            "skipped": self.skipped,
+            "skipped_in_a_row": self.skipped_in_a_row,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
+        self.skipped = int(state.get("skipped", 0))
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
 
 
 def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
