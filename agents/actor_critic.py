@@ -5,17 +5,18 @@ the same lambda returns).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Categorical
 
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.blocks import SmallResBlock, conv3x3
 from worldmodels.nn.pixels import to_float
+from worldmodels.nn.sampling import categorical_entropy, categorical_log_prob, sample_categorical
 from worldmodels.registry import AGENTS
 from worldmodels.training import StageTraining, Updater
 
@@ -123,6 +124,7 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(layer.bias)
         self.generator = torch.Generator().manual_seed(seed)  # act()'s draws: a seeded agent
         self._updater: Updater | None = None  # built on the first update, on the params' device
+        self._graph_loss: functools.partial | None = None  # the captured update's loss
 
     # ----------------------------------------------------------------------------- network
 
@@ -186,36 +188,54 @@ class ActorCritic(nn.Module):
 
     def train_in_imagination(self, dream: Any) -> dict[str, float]:
         """One gradient update on ``config.horizon`` imagined steps of ``dream`` (a ``DreamEnv``
-        with ``num_envs=config.num_envs, horizon=config.horizon``); returns scalars to log."""
-        if self._updater is None:
-            self._updater = self._make_updater()
+        with ``num_envs=config.num_envs, horizon=config.horizon``); returns scalars to log.
+
+        Where the dream captures CUDA graphs (``dream.graphs``), the whole update - the
+        imagined rollout from the sampled contexts, the loss, the backward pass and the optimizer
+        step - is one graph, replayed on freshly sampled contexts each time."""
+        graphs = getattr(dream, "graphs", None)
+        if self._updater is None or self._updater.graphs != graphs:
+            device = next(self.parameters()).device
+            old, self._updater = (
+                self._updater,
+                Updater(self, self.config.training, device, graphs=graphs or False),
+            )
+            if old is not None:  # e.g. restored from a checkpoint: carry its state over
+                self._updater.load_state_dict(old.state_dict())
         self._updater.amp = getattr(dream, "amp", False)  # the run's precision travels with it
-        return self._updater.update(self.imagination_loss, dream)
+        if not graphs:
+            return self._updater.update(self.imagination_loss, dream)
+        if self._graph_loss is None or self._graph_loss.args[0] is not dream:
+            self._graph_loss = functools.partial(self.imagination_loss, dream)
+        return self._updater.update(self._graph_loss, dream.contexts())
 
-    def _make_updater(self) -> Updater:
-        device = next(self.parameters()).device
-        return Updater(self, self.config.training, device)
-
-    def imagination_loss(self, dream: Any) -> tuple[Tensor, dict[str, float]]:
-        """Imagine ``horizon`` steps from ``dream.reset()`` and return the REINFORCE loss with a
-        lambda-return baseline, the critic's loss and the entropy bonus, averaged over ``(B, T)``."""
+    def imagination_loss(self, dream: Any, ctx: Any = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Imagine ``horizon`` steps from ``dream.reset(ctx)`` (``ctx``: real contexts from
+        ``dream.contexts()``, default sampled by the reset) and return the REINFORCE loss with a
+        lambda-return baseline, the critic's loss and the entropy bonus, averaged over ``(B, T)``.
+        With ``ctx`` given it is static (no host sync): a CUDA graph can replay it."""
         cfg = self.config
-        obs, info = dream.reset()  # (B, C, H, W) uint8
+        obs, info = dream.reset(ctx)  # (B, C, H, W) uint8
         b = obs.shape[0]
         if cfg.burn_in:
-            # The frames before the first observation, for the active rows and their spares.
-            ctx = torch.cat((info["context_obs"], info["next_context_obs"]))[:, :-1]
-            mask = torch.cat((info["context_mask"], info["next_context_mask"]))[:, :-1]
-            h, c = self.burn_in(ctx, mask)  # (2B, lstm_dim) each
-            state, spare = (h[:b], c[:b]), (h[b:], c[b:])
+            # The frames before the first observation, for the active rows and their spares
+            # (the same rows when the dream restarts finished rows from their own contexts).
+            if info["next_context_mask"] is info["context_mask"]:
+                state = spare = self.burn_in(
+                    info["context_obs"][:, :-1], info["context_mask"][:, :-1]
+                )
+            else:
+                ctx_obs = torch.cat((info["context_obs"], info["next_context_obs"]))[:, :-1]
+                mask = torch.cat((info["context_mask"], info["next_context_mask"]))[:, :-1]
+                h, c = self.burn_in(ctx_obs, mask)  # (2B, lstm_dim) each
+                state, spare = (h[:b], c[:b]), (h[b:], c[b:])
         else:
             state = spare = self.initial_state(b, obs.device)
 
         logps, values, entropies, rews, ends, truncs, boots = [], [], [], [], [], [], []
         for _ in range(cfg.horizon):
             logits, value, state = self(obs, state)  # (B, A), (B,)
-            dist = Categorical(logits=logits)
-            action = dist.sample()  # global torch RNG
+            action = sample_categorical(logits.detach())  # global torch RNG, no host sync
             next_obs, rew, end, trunc, step_info = dream.step(action)
             done = end | trunc
             with torch.no_grad():
@@ -224,8 +244,8 @@ class ActorCritic(nn.Module):
                 _, boot, _ = self(last, (state[0].detach(), state[1].detach()))
             d = done.view(b, 1)
             state = (torch.where(d, spare[0], state[0]), torch.where(d, spare[1], state[1]))
-            logps.append(dist.log_prob(action))
-            entropies.append(dist.entropy())
+            logps.append(categorical_log_prob(logits, action))
+            entropies.append(categorical_entropy(logits))
             values.append(value)
             rews.append(rew)
             ends.append(end)
@@ -246,8 +266,7 @@ class ActorCritic(nn.Module):
             "entropy": entropy, "return_mean": returns.mean(), "value_mean": value.mean(),
             "reward_mean": rew.float().mean(), "end_rate": end.float().mean(),
         }  # fmt: skip
-        values = torch.stack([v.detach().float() for v in logs.values()]).tolist()  # one sync
-        return loss, dict(zip(logs, values, strict=True))
+        return loss, {k: v.detach() for k, v in logs.items()}  # read back once, by the updater
 
     # ----------------------------------------------------------------------------- checkpoints
 
@@ -260,5 +279,5 @@ class ActorCritic(nn.Module):
         self.generator.set_state(state["generator"].cpu())  # a map_location may have moved it
         if state.get("updater") is not None:
             if self._updater is None:
-                self._updater = self._make_updater()
+                self._updater = Updater(self, self.config.training, next(self.parameters()).device)
             self._updater.load_state_dict(state["updater"])

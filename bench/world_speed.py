@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             out[f"{name}_batch_size"] = stage.training.batch_size
         trainer = StageTrainer(stage, store, device, seed=0, amp=amp)
         batch = next(trainer.batches(1))  # a fixed batch: data loading is not what is measured
-        sec = timed(lambda s=stage, t=trainer, x=batch: t.updater.update(s.loss, x), n, w, device)
+        sec = timed(lambda t=trainer, x=batch: t.step(x), n, w, device)
         out[f"{name}_train_s_per_step"] = sec
         out[f"{name}_train_steps_per_s"] = 1.0 / sec
         projected[name] = sec * sum(stage.training.steps_in(e) for e in epochs)

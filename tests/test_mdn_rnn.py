@@ -8,6 +8,7 @@ import torch
 
 from worldmodels.dynamics.mdn_rnn import MDNRNN, MDNRNNConfig, mixture_nll, sample_mixture
 from worldmodels.registry import DYNAMICS
+from worldmodels.training import logs_to_floats
 
 SMALL = MDNRNNConfig(z_dim=4, hidden=32, mixtures=3)
 
@@ -149,6 +150,7 @@ def test_loss_falls_on_fixed_latent_sequences():
     logs = []
     for _ in range(100):
         loss, log = model.loss(*data)
+        log = logs_to_floats(log)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -166,6 +168,7 @@ def test_masked_transitions_do_not_count():
     model = MDNRNN(SMALL, num_actions=3)
     z, a, rew, end, mask = _sequences(b=3, t=8)
     expected, logs = model.loss(z, a, rew, end, mask)
+    logs = logs_to_floats(logs)
     # The same episodes, padded on both sides with garbage (2 rows before, 3 after).
     pad = lambda x, fill: torch.cat((fill(x[:, :2]), x, fill(x[:, :3])), 1)  # noqa: E731
     garbage = lambda x: (100 * torch.rand_like(x.float())).to(x.dtype)  # noqa: E731
@@ -173,6 +176,7 @@ def test_masked_transitions_do_not_count():
     padded[1] = padded[1] % 3  # valid action ids, still garbage
     padded_mask = pad(mask, torch.zeros_like)
     got, logs_padded = model.loss(*padded, padded_mask)
+    logs_padded = logs_to_floats(logs_padded)
     torch.testing.assert_close(got, expected)
     assert logs_padded == pytest.approx(logs)
     # Cutting an episode's mask short removes exactly its later transitions.
@@ -224,4 +228,5 @@ def test_step_shapes_and_sampled_heads():
     _, reward, end, _, _ = headless.step(z, act, None)
     assert not reward.any() and not end.any()
     _, logs = headless.loss(*_sequences(b=2, t=5))
+    logs = logs_to_floats(logs)
     assert set(logs) == {"loss", "nll"}

@@ -9,7 +9,7 @@ from worldmodels.interfaces import Batch
 from worldmodels.nn.blocks import count_parameters
 from worldmodels.nn.pixels import to_float
 from worldmodels.replay import SegmentSampler
-from worldmodels.training import StageTraining, Updater
+from worldmodels.training import StageTraining, Updater, logs_to_floats
 
 TINY = RewardEndConfig(
     channels=(8, 8), depths=(1, 1), attn_depths=(False, False), cond_channels=16, lstm_dim=32,
@@ -63,6 +63,7 @@ def test_forward_shapes_and_state():
 def test_loss_logs_and_gradients():
     model = tiny_model()
     loss, logs = model.loss(segments())
+    logs = logs_to_floats(logs)
     assert set(logs) == {"loss", "loss_reward", "loss_end", "reward_accuracy", "end_accuracy"}
     assert all(isinstance(v, float) for v in logs.values())
     assert logs["loss"] == pytest.approx(logs["loss_reward"] + logs["loss_end"], rel=1e-5)

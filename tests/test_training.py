@@ -1,5 +1,7 @@
 """The generic update: warm-up, clipping, epoch step counts, and bitwise-repeatable CPU training."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,7 @@ from envs.testing import random_store
 from worldmodels import config as C
 from worldmodels.build import build_world
 from worldmodels.interfaces import EnvInfo
-from worldmodels.training import Stage, StageTrainer, StageTraining, Updater
+from worldmodels.training import StageTrainer, StageTraining, Updater
 
 
 def test_steps_in_epochs():
@@ -40,9 +42,9 @@ def _trained_world(seed):
     cfg = C.resolve(env="Breakout", world="diffusion", preset="smoke")
     world = build_world(cfg.world, EnvInfo(4, (3, 64, 64)), device=torch.device("cpu"))
     store = random_store(num_episodes=4, length=20, obs_shape=(3, 64, 64))
-    for name, stage in world.stages().items():
+    for stage in world.stages().values():
         small = StageTraining(**{**stage.training.__dict__, "batch_size": 2})
-        StageTrainer(Stage(name, stage.module, stage.loss, small), store, torch.device("cpu"),
+        StageTrainer(dataclasses.replace(stage, training=small), store, torch.device("cpu"),
                      seed=seed).train(2)  # fmt: skip
     return world
 

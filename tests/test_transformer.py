@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from envs.dream import where_rows
+from envs.dream import _rows, where_rows
 from worldmodels.dynamics.transformer import (
     TransformerDynamics,
     TransformerDynamicsConfig,
@@ -11,6 +11,7 @@ from worldmodels.dynamics.transformer import (
 )
 from worldmodels.nn.transformer import GPT, GPTConfig
 from worldmodels.registry import DYNAMICS
+from worldmodels.training import logs_to_floats
 
 K, VOCAB, ACTIONS, FRAMES = 4, 16, 3, 3  # frames of 4 tokens + 1 action, windows of 3 frames
 
@@ -27,6 +28,14 @@ def tiny(dropout=0.0, frames=FRAMES, k=K, **kwargs):
 def tiny_model(seed=0, **kwargs):
     torch.manual_seed(seed)
     return TransformerDynamics(tiny(**kwargs), num_actions=ACTIONS).eval()
+
+
+def advance(model, state, action, steps, **kwargs):
+    """``model.step`` after ``steps`` steps since ``start``, refreshing the cache first when the
+    host-side schedule says so (what DreamEnv does)."""
+    if model.refresh_due(state, steps):
+        state = model.refresh(state)
+    return model.step(state, action, **kwargs)
 
 
 def frames(b, t, seed=1):
@@ -153,6 +162,7 @@ def test_loss_falls_on_fixed_tokens():
     first = None
     for _ in range(100):
         loss, logs = model.loss(*batch)
+        logs = logs_to_floats(logs)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -217,11 +227,11 @@ def test_cached_imagination_matches_full_recompute():
     torch.manual_seed(5)
     with torch.no_grad():
         state = model.start(tokens, actions, mask)
-        for _ in range(5):
+        for step in range(5):
             action = torch.randint(0, ACTIONS, (3,))
             for b in range(3):
                 history[b][-1] = (history[b][-1][0], action[b])
-            state, new, _, _, logits = model.step(state, action, return_logits=True)
+            state, new, _, _, logits = advance(model, state, action, step, return_logits=True)
             assert state["actions"].shape == state["valid"].shape == (3, FRAMES - 1)
             for b in range(3):
                 history[b].append((new[b], torch.tensor(0)))
@@ -262,8 +272,10 @@ def test_rows_at_different_fill_levels_can_be_swapped():
     with torch.no_grad():
         spare = model.start(*frames(4, 1, seed=1))  # one real frame
         active = model.start(*frames(4, 2, seed=2))
-        for _ in range(3):  # the window fills and slides
-            active, *_ = model.step(active, torch.tensor([0, 1, 2, 0]))
+        for step in range(3):  # the window fills and slides
+            active, *_ = advance(model, active, torch.tensor([0, 1, 2, 0]), step)
+        if model.refresh_due(active, 3):
+            active = model.refresh(active)
         rows = torch.tensor([True, False, False, True])
         mixed = where_rows(rows, spare, active)
         action = torch.tensor([2, 2, 1, 0])
@@ -286,8 +298,8 @@ def test_step_shapes_dtypes_and_seeded_determinism():
         with torch.no_grad():
             state = model.start(tokens, actions)
             outs = []
-            for _ in range(4):
-                state, new, reward, end = model.step(state, torch.tensor([0, 1, 2, 0, 1]))
+            for step in range(4):
+                state, new, reward, end = advance(model, state, torch.tensor([0, 1, 2, 0, 1]), step)
                 assert new.shape == (5, K) and new.dtype == torch.int64
                 assert int(new.min()) >= 0 and int(new.max()) < VOCAB
                 assert reward.shape == (5,) and reward.dtype == torch.float32
@@ -338,7 +350,7 @@ class Reference:
         """One step from a state of ``fill`` to one of ``new_fill``: ``action (B,)`` taken,
         ``new (B, K)`` drawn from ``logits``."""
         model, k = self.model, self.model.K
-        rebuilt = new_fill != fill + k + 1  # else carried
+        rebuilt = int(new_fill) != int(fill) + k + 1  # else carried (or refreshed first)
         for b in range(len(self.history)):
             h = self.history[b]
             h[-1] = (h[-1][0], action[b])
@@ -370,11 +382,13 @@ def _ragged(b, t, seed, k=K):
 
 
 def _fills(model, state, steps, seed=0):
-    fills = [state["fill"]]
+    """The fill after each refresh-then-step (host ints, read back for the test)."""
+    fills = [int(state["fill"])]
     torch.manual_seed(seed)
-    for _ in range(steps):
-        state, *_ = model.step(state, torch.zeros(state["pos"].shape[0], dtype=torch.long))
-        fills.append(state["fill"])
+    for t in range(steps):
+        action = torch.zeros(state["pos"].shape[0], dtype=torch.long)
+        state, *_ = advance(model, state, action, t)
+        fills.append(int(state["fill"]))
     return fills
 
 
@@ -392,16 +406,16 @@ def test_carried_cache_matches_full_recompute(columns, keep, k):
     torch.manual_seed(5)
     with torch.no_grad():
         state = model.start(tokens, actions, mask)
-        fills = [state["fill"]]
-        for _ in range(9):
+        fills = [int(state["fill"])]
+        for step in range(9):
             action = torch.randint(0, ACTIONS, (4,))
-            fill = state["fill"]
-            state, new, _, _, logits = model.step(state, action, return_logits=True)
+            fill = int(state["fill"])
+            state, new, _, _, logits = advance(model, state, action, step, return_logits=True)
             ref.check(fill, state["fill"], action, new, logits)
-            fills.append(state["fill"])
+            fills.append(int(state["fill"]))
             kept = min(len(h) for h in ref.history)
             assert torch.equal(state["tokens"][:, -1], new) and state["valid"][:, -kept:].all()
-    assert all(isinstance(f, int) for f in fills)
+    assert all(s["fill"].ndim == 0 for s in (state,))  # a tensor: every fill level, one graph
     steps = [b - a for a, b in zip(fills, fills[1:], strict=False)]
     assert (k + 1) in steps and any(s != k + 1 for s in steps)  # carried and rebuilt
     assert all(len(h) > LONG for h in ref.history)  # every row's window slid
@@ -409,19 +423,22 @@ def test_carried_cache_matches_full_recompute(columns, keep, k):
 
 def test_a_one_frame_start_is_rebuilt_only_once_the_window_slides():
     """IRIS's geometry (16 tokens, 20 frames): 19 imagined frames on the carried cache, then a
-    rebuild each frame (exact sliding window); with rebuild_keep_frames=10, every 10 frames."""
+    rebuild each frame (exact sliding window); with rebuild_keep_frames=10, every 10 frames. The
+    host-side schedule (``refresh_due``) names exactly the steps whose frame would not fit."""
     k, n = 16, 20
     for keep, rebuilds in ((0, [19, 20, 21]), (10, [19, 29])):
         torch.manual_seed(0)
         model = TransformerDynamics(tiny(frames=n, k=k, rebuild_keep_frames=keep), ACTIONS).eval()
         tokens = torch.randint(0, VOCAB, (2, 1, k))
         with torch.no_grad():
-            fills = _fills(model, model.start(tokens, torch.zeros(2, 1, dtype=torch.long)), 30)
+            start = model.start(tokens, torch.zeros(2, 1, dtype=torch.long))
+            fills = _fills(model, start, 30)
         assert fills[0] == k - 1  # all but the current frame's last token (and its action)
         got = [i for i in range(30) if fills[i + 1] != fills[i] + k + 1]
         assert got[: len(rebuilds)] == rebuilds, fills
         if keep:
             assert got == rebuilds
+        assert got == [i for i in range(30) if model.refresh_due(start, i)]
         assert max(fills) <= n * (k + 1)
 
 
@@ -438,8 +455,7 @@ def test_restarted_rows_continue_like_fresh_starts(keep, columns):
     tokens, actions, mask = _ragged(2 * b, columns, seed=7)
     with torch.no_grad():
         both = model.start(tokens, actions, mask)
-        active = {k: v[:b] if torch.is_tensor(v) else v for k, v in both.items()}
-        spare = {k: v[b:] if torch.is_tensor(v) else v for k, v in both.items()}
+        active, spare = _rows(both, slice(0, b)), _rows(both, slice(b, 2 * b))
         spare_before = {k: v.clone() for k, v in spare.items() if torch.is_tensor(v)}
         ref = Reference(model, tokens[:b], actions[:b], mask[:b])
         ref_spare = Reference(model, tokens[b:], actions[b:], mask[b:])
@@ -449,23 +465,26 @@ def test_restarted_rows_continue_like_fresh_starts(keep, columns):
         last = {}  # row -> the step it last restarted at
         g = torch.Generator().manual_seed(3)
         for t in range(10):
-            if t in restarts:
+            fill = int(active["fill"])
+            if t in restarts:  # at the end of step t - 1, in DreamEnv
                 rows = torch.tensor(restarts[t])
                 active = where_rows(rows, spare, active)
                 ref.restart(rows, ref_spare)
                 last.update((r, t) for r in rows.nonzero().flatten().tolist())
                 if keep == 0:
-                    alone[t] = model.start(tokens[b:], actions[b:], mask[b:])
+                    alone[t] = (model.start(tokens[b:], actions[b:], mask[b:]), t)
+            if model.refresh_due(active, t):  # then the refresh that step t needs
+                active = model.refresh(active)
             action = torch.randint(0, ACTIONS, (b,), generator=g)
-            fill = active["fill"]
             active, new, _, _, logits = model.step(
                 active, action, temperature=0, return_logits=True
             )
             ref.check(fill, active["fill"], action, new, logits)
-            for t0 in alone:
-                alone[t0], _, _, _, alone_logits = model.step(
-                    alone[t0], action, temperature=0, return_logits=True
+            for t0, (alone_state, born) in list(alone.items()):
+                alone_state, _, _, _, alone_logits = advance(
+                    model, alone_state, action, t - born, temperature=0, return_logits=True
                 )
+                alone[t0] = (alone_state, born)
                 for r in (r for r, t1 in last.items() if t1 == t0):
                     for key in ("obs", "reward", "end"):
                         torch.testing.assert_close(
@@ -474,7 +493,7 @@ def test_restarted_rows_continue_like_fresh_starts(keep, columns):
         # The spare half of the shared buffers was never written.
         for key, value in spare_before.items():
             assert torch.equal(spare[key], value), key
-        assert active["fill"] >= both["fill"]
+        assert int(active["fill"]) >= int(both["fill"])
 
 
 def test_stepping_a_state_twice_or_a_later_spare_is_caught():
@@ -496,8 +515,8 @@ def test_stepping_a_state_twice_or_a_later_spare_is_caught():
 
 
 def test_imagination_reads_nothing_back(monkeypatch):
-    """No host synchronisation in start or step, carried, rebuilt or after ``where_rows``: the
-    fill is a Python int, and every way of reading a tensor back raises here."""
+    """No host synchronisation in start, step or refresh, or after ``where_rows``: every way of
+    reading a tensor back raises here (the refresh schedule is host arithmetic)."""
     model = tiny_model(frames=LONG)
     tokens, actions, mask = _ragged(4, 2, seed=2)
     with torch.no_grad():
@@ -512,11 +531,14 @@ def test_imagination_reads_nothing_back(monkeypatch):
     action = torch.zeros(4, dtype=torch.long)
     with torch.inference_mode():
         state = model.start(tokens, actions, mask)
-        for t in range(8):  # through carried steps and rebuilds
+        refreshed = 0
+        for t in range(8):  # through carried steps and refreshes
             if t == 2:
                 state = where_rows(torch.tensor([True, False, False, True]), spare, state)
-            state, new, reward, end = model.step(state, action)
-            assert isinstance(state["fill"], int) and isinstance(state["start_fill"], int)
+            refreshed += model.refresh_due(state, t)
+            state, new, reward, end = advance(model, state, action, t)
+            assert state["fill"].ndim == 0 and isinstance(state["start_fill"], int)
+        assert refreshed
     monkeypatch.undo()
     assert new.shape == (4, K) and reward.shape == end.shape == (4,)
 
@@ -528,9 +550,9 @@ def test_bf16_autocast_imagination_runs():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         state = model.start(tokens, actions, mask)
         assert state["keys"].dtype == torch.bfloat16
-        for _ in range(6):
-            state, new, reward, end, logits = model.step(state, torch.ones(3, dtype=torch.long),
-                                                         return_logits=True)  # fmt: skip
+        for t in range(6):
+            state, new, reward, end, logits = advance(model, state, torch.ones(3, dtype=torch.long),
+                                                      t, return_logits=True)  # fmt: skip
             assert all(torch.isfinite(v).all() for v in logits.values())
 
 
@@ -562,7 +584,7 @@ def test_slots_a_row_does_not_own_are_finite(monkeypatch):
         state = model.start(tokens, actions, mask)
         state, *_ = model.step(state, torch.zeros(4, dtype=torch.long))
         state = where_rows(torch.tensor([True, False, True, False]), spare, state)
-        for _ in range(6):  # carried, then rebuilt
-            state, *_, logits = model.step(state, torch.ones(4, dtype=torch.long),
-                                           return_logits=True)  # fmt: skip
+        for t in range(1, 7):  # carried, then refreshed
+            state, *_, logits = advance(model, state, torch.ones(4, dtype=torch.long), t,
+                                        return_logits=True)  # fmt: skip
             assert all(torch.isfinite(v).all() for v in logits.values())

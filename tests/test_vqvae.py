@@ -20,6 +20,7 @@ from worldmodels.nn.blocks import count_parameters
 from worldmodels.nn.pixels import to_float
 from worldmodels.nn.vgg import VGG16Features
 from worldmodels.registry import ENCODERS
+from worldmodels.training import logs_to_floats
 
 TINY = VQVAEConfig(
     vocab_size=32, embed_dim=16, z_channels=16, channels=8, ch_mult=(1, 1, 1), num_res_blocks=1,
@@ -85,6 +86,7 @@ def test_loss_falls_on_a_fixed_batch():
     history = []
     for _ in range(100):
         loss, logs = model.loss(batch)
+        logs = logs_to_floats(logs)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -195,10 +197,13 @@ def test_padding_frames_do_not_affect_the_loss():
     obs = torch.zeros(2, 3, 3, 16, 16, dtype=torch.uint8)
     obs[mask] = frames
     loss, logs = model.loss(_batch(obs, mask))
+    logs = logs_to_floats(logs)
     garbage = obs.clone()
     garbage[~mask] = _frames(2, seed=7)
     loss_g, logs_g = model.loss(_batch(garbage, mask))
+    logs_g = logs_to_floats(logs_g)
     dense, logs_d = model.loss(_batch(frames[None], torch.ones(1, 4, dtype=torch.bool)))
+    logs_d = logs_to_floats(logs_d)
     torch.testing.assert_close(loss, loss_g)
     torch.testing.assert_close(loss, dense)
     assert logs == logs_g
@@ -208,9 +213,11 @@ def test_padding_frames_do_not_affect_the_loss():
 def test_default_loss_is_l1_and_the_gradient_term_is_opt_in():
     mask = torch.ones(1, 4, dtype=torch.bool)
     _, plain = _tiny().loss(_batch(_frames(4)[None], mask))  # the default: no perceptual term
+    plain = logs_to_floats(plain)
     assert "perceptual_loss" not in plain and plain.get("gradient_loss", 0.0) == 0.0
     model = _tiny(gradient_weight=1.0)
     loss, logs = model.loss(_batch(_frames(4)[None], mask))
+    logs = logs_to_floats(logs)
     assert "gradient_loss" in logs and "perceptual_loss" not in logs
     assert logs["gradient_loss"] > 0
     parts = ("codebook_loss", "commitment_loss", "reconstruction_loss", "gradient_loss")
@@ -221,6 +228,7 @@ def test_default_loss_is_l1_and_the_gradient_term_is_opt_in():
     # The gradient weight scales exactly that term.
     heavy = _tiny(gradient_weight=3.0)  # vs 1.0 above
     _, logs3 = heavy.loss(_batch(_frames(4)[None], mask))
+    logs3 = logs_to_floats(logs3)
     assert logs3["gradient_loss"] == pytest.approx(3 * logs["gradient_loss"], rel=1e-5)
 
 
@@ -269,6 +277,7 @@ def test_vgg_perceptual_term(vgg_files, kind):
     assert count_parameters(model) == count_parameters(_tiny())  # the VGG is frozen
     mask = torch.ones(1, 4, dtype=torch.bool)
     loss, logs = model.loss(_batch(_frames(4)[None], mask))
+    logs = logs_to_floats(logs)
     assert "perceptual_loss" in logs and "gradient_loss" not in logs
     assert torch.isfinite(loss) and logs["perceptual_loss"] > 0
     parts = ("codebook_loss", "commitment_loss", "reconstruction_loss", "perceptual_loss")

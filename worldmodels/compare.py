@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from envs.dream import imagine_step
 from worldmodels.errors import UserError
 from worldmodels.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from worldmodels.interfaces import Batch
@@ -237,14 +238,14 @@ def rollout(
     with torch.random.fork_rng(devices=rng_devices), autocast(device, amp):
         if warmup:
             state, _ = world.imagine_start(obs[:1], act[:1], mask[:1])
-            world.imagine_step(state, actions[:1, 0])
+            imagine_step(world, state, actions[:1, 0], 0)
         torch.manual_seed(seed)
         state, first = world.imagine_start(obs, act, mask)
         frames, rewards, ends = [first], [], []
         _sync(device)
         start = time.perf_counter()
         for h in range(horizon):
-            state, frame, reward, end = world.imagine_step(state, actions[:, h])
+            state, frame, reward, end = imagine_step(world, state, actions[:, h], h)
             frames.append(frame)
             rewards.append(reward)
             ends.append(end)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.dream import DreamEnv
+from envs.dream import DreamEnv, imagine_step
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
 from worldmodels.config import Config, to_dict
@@ -277,8 +277,8 @@ class OnlineSchedule:
                 batch.obs[:, :t0], batch.act[:, :t0], batch.mask[:, :t0]
             )
             imagined = [obs]
-            for t in range(t0 - 1, batch.obs.shape[1] - 1):
-                state, obs, _, _ = self.world.imagine_step(state, batch.act[:, t])
+            for i, t in enumerate(range(t0 - 1, batch.obs.shape[1] - 1)):
+                state, obs, _, _ = imagine_step(self.world, state, batch.act[:, t], i)
                 imagined.append(obs)
         real = batch.obs[:, t0 - 1 :]  # (N, H + 1, C, H, W), zeros after an episode ended
         fake = torch.stack(imagined, dim=1)

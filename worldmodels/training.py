@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from worldmodels.graphs import CapturedCall
 from worldmodels.interfaces import Batch
 from worldmodels.replay import ReplayStore, SegmentSampler
 
@@ -68,30 +69,67 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def logs_to_floats(logs: dict[str, Any]) -> dict[str, float]:
+    """Scalars to log: tensors (0-dim) are read back together, in one host synchronisation."""
+    keys = [k for k, v in logs.items() if isinstance(v, Tensor)]
+    out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
+    if keys:
+        values = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values, strict=True))
+    return {k: out[k] for k in logs}
+
+
 class Updater:
-    """Optimizer + warm-up + clipping + autocast for one module: ``update(loss_fn, x) -> logs``."""
+    """Optimizer + warm-up + clipping + autocast for one module: ``update(loss_fn, x) -> logs``.
+
+    ``loss_fn(x) -> (loss, logs)``; the logs may be 0-dim tensors (read back once per step, all
+    together). With ``graphs`` (CUDA), the whole step - loss, backward, clipping and the
+    optimizer's step - is captured in a CUDA graph after two eager steps and replayed, with the
+    learning rate and the non-finite check on the device (fused AdamW skips the step where the
+    loss or the gradient norm is not finite, as in the eager path). ``x`` is then a pytree of
+    tensors of the same shapes at every step (a ``Batch``), copied into the graph's inputs, and
+    ``loss_fn`` must be static (no host synchronisation, no Python state that changes per call):
+    see ``worldmodels.graphs``. ``graphs="simulate"`` runs the same code path eagerly with the same
+    buffers, on any device (the CPU tests)."""
 
     def __init__(
-        self, module: nn.Module, cfg: StageTraining, device: torch.device, *, amp: bool = False
-    ) -> None:
+        self, module: nn.Module, cfg: StageTraining, device: torch.device, *, amp: bool = False,
+        graphs: bool | str = False,
+    ) -> None:  # fmt: skip
         self.module = module
         self.cfg = cfg
         self.device = device
         self.amp = amp
+        self.graphs: str | None = (
+            ("cuda" if graphs is True else graphs) if graphs else None
+        )  # None, "cuda" or "simulate"
+        if self.graphs == "cuda" and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
         params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
-            fused=device.type == "cuda",
-        )  # fmt: skip
+        if self.graphs:
+            # Static on the device: the learning rate (a tensor the schedule fills in place) and
+            # the step counters (capturable), so that replays see the schedule.
+            self.optimizer = torch.optim.AdamW(
+                params, lr=torch.tensor(cfg.lr, device=device), weight_decay=cfg.weight_decay,
+                eps=cfg.adam_eps, fused=True, capturable=True,
+            )  # fmt: skip
+        else:
+            self.optimizer = torch.optim.AdamW(
+                params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+                fused=device.type == "cuda",
+            )  # fmt: skip
         warmup = max(cfg.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
+        self.scheduler.base_lrs = [cfg.lr]  # a float either way (fills a tensor lr in place)
         self.steps = 0
         self.skipped = 0
         """Steps skipped so far because the loss or the gradient norm was not finite."""
         self.skipped_in_a_row = 0
         """Consecutive skipped steps up to the last one (0 after a step that was applied)."""
+        self._captured: CapturedCall | None = None
+        self._captured_loss: Callable | None = None
 
     def update(self, loss_fn: Callable[[Any], tuple[Tensor, dict]], x: Any) -> dict[str, float]:
         """One step: loss, backward, clipping, optimizer and schedule step. A step whose loss or
@@ -99,6 +137,22 @@ class Updater:
         ``skipped``, and the logs say ``nonfinite = 1``); the learning-rate schedule still
         advances, so a skipped step costs one step of the schedule, like an applied one."""
         self.module.train()
+        if self.graphs:
+            logs = self._captured_step(loss_fn, x)
+            finite = logs["nonfinite"] == 0.0
+        else:
+            logs, finite = self._eager_step(loss_fn, x)
+        if finite:
+            self.skipped_in_a_row = 0
+        else:
+            self.skipped += 1
+            self.skipped_in_a_row += 1
+        self.scheduler.step()
+        self.steps += 1
+        logs["lr"] = self.cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        return logs
+
+    def _eager_step(self, loss_fn: Callable, x: Any) -> tuple[dict[str, float], bool]:
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             loss, logs = loss_fn(x)
@@ -107,18 +161,37 @@ class Updater:
         finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
-            self.skipped_in_a_row = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            self.skipped += 1
-            self.skipped_in_a_row += 1
-        self.scheduler.step()
-        self.steps += 1
-        logs = {k: float(v) for k, v in logs.items()}
-        logs["grad_norm"] = float(grad_norm)
-        logs["lr"] = self.scheduler.get_last_lr()[0]
+        logs = logs_to_floats({**logs, "grad_norm": grad_norm})
         logs["nonfinite"] = float(not finite)
-        return logs
+        return logs, finite
+
+    def _static_step(self, x: Any) -> dict[str, Tensor]:
+        """The whole step as tensors only (captured): skips the update where non-finite."""
+        assert self._captured_loss is not None
+        self.optimizer.zero_grad(set_to_none=True)  # backward assigns: graph-owned gradients
+        with autocast(self.device, self.amp):
+            loss, logs = self._captured_loss(x)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+        found_inf = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()
+        self.optimizer.found_inf = found_inf  # fused AdamW: no step where 1 (0-dim)
+        self.optimizer.step()
+        del self.optimizer.found_inf
+        out = {k: v.detach() for k, v in logs.items() if isinstance(v, Tensor)}
+        out["grad_norm"] = grad_norm.detach()
+        out["nonfinite"] = found_inf
+        return out
+
+    def _captured_step(self, loss_fn: Callable, x: Any) -> dict[str, float]:
+        if self._captured is None:
+            self._captured_loss = loss_fn
+            mode = "cuda" if self.graphs == "cuda" else "simulate"
+            self._captured = CapturedCall(self._static_step, mode=mode, name="train_step")
+        elif loss_fn != self._captured_loss:
+            raise ValueError("a graphed Updater trains one loss function; build another for this")
+        return logs_to_floats(self._captured(x))
 
     def state_dict(self) -> dict:
         return {
@@ -130,8 +203,23 @@ class Updater:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores a state saved by any Updater, graphed or not (a run resumed with or without
+        CUDA graphs): the optimizer keeps this one's settings."""
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            lr = float(group["lr"])
+            if self.graphs:
+                group.update(capturable=True, fused=True, foreach=None)
+                group["lr"] = torch.tensor(lr, device=self.device)
+                for p in group["params"]:
+                    st = self.optimizer.state.get(p, {})
+                    if "step" in st:
+                        st["step"] = st["step"].to(self.device, torch.float32)
+            else:
+                group.update(capturable=False, fused=self.device.type == "cuda" or None)
+                group["lr"] = lr
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = [float(x) for x in self.scheduler.base_lrs]
         self.steps = int(state["steps"])
         self.skipped = int(state.get("skipped", 0))
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
@@ -148,13 +236,26 @@ def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
 
 @dataclass
 class Stage:
-    """A trainable part of a world: its module, its loss on a replay ``Batch``, its settings."""
+    """A trainable part of a world: its module, its loss on a replay ``Batch``, its settings.
+
+    ``prepare(batch) -> (x, logs)``, where given, runs on the host before each step (e.g. a
+    look-up in a token cache, which depends on what is cached) and ``loss`` takes its ``x``: the
+    loss then is a static function that a CUDA graph can replay."""
 
     name: str
     module: nn.Module
-    loss: Callable[[Batch], tuple[Tensor, dict]]
+    loss: Callable[[Any], tuple[Tensor, dict]]
     training: StageTraining
     after_update: Callable[[], None] | None = None  # e.g. bump a version that caches depend on
+    prepare: Callable[[Batch], tuple[Any, dict[str, float]]] | None = None
+
+    def loss_of(self, batch: Batch) -> tuple[Tensor, dict]:
+        """``loss`` on a replay batch (through ``prepare`` where there is one)."""
+        if self.prepare is None:
+            return self.loss(batch)
+        x, extra = self.prepare(batch)
+        loss, logs = self.loss(x)
+        return loss, {**logs, **extra}
 
 
 class StageTrainer:
@@ -162,12 +263,12 @@ class StageTrainer:
 
     def __init__(
         self, stage: Stage, store: ReplayStore, device: torch.device, *, seed: int,
-        amp: bool = False,
+        amp: bool = False, graphs: bool | str = False,
     ) -> None:  # fmt: skip
         cfg = stage.training
         self.stage = stage
         self.device = device
-        self.updater = Updater(stage.module, cfg, device, amp=amp)
+        self.updater = Updater(stage.module, cfg, device, amp=amp, graphs=graphs)
         self.sampler = SegmentSampler(
             store, cfg.seq_len, pad_left=cfg.pad_left, pad_right=cfg.pad_right,
             recency_weights=cfg.recency_weights, seed=seed,
@@ -183,10 +284,16 @@ class StageTrainer:
         """``steps`` updates; returns the mean of each logged value."""
         logs = []
         for batch in self.batches(steps):
-            logs.append(self.updater.update(self.stage.loss, batch))
-            if self.stage.after_update is not None:
-                self.stage.after_update()
+            logs.append(self.step(batch))
         return mean_logs(logs)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One update on ``batch``; returns its logs."""
+        x, extra = (batch, {}) if self.stage.prepare is None else self.stage.prepare(batch)
+        logs = self.updater.update(self.stage.loss, x)
+        if self.stage.after_update is not None:
+            self.stage.after_update()
+        return {**logs, **extra}
 
     def state_dict(self) -> dict:
         return {"updater": self.updater.state_dict(), "sampler": self.sampler.state_dict()}

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodels.nn.sampling import sample_categorical
 from worldmodels.registry import DYNAMICS
 
 State = tuple[Tensor, Tensor]  # (h, c), each (B, hidden)
@@ -89,7 +90,7 @@ def sample_mixture(log_pi: Tensor, mu: Tensor, log_sigma: Tensor, temperature: f
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = log_pi.float().transpose(-1, -2) / temperature  # (..., Z, M)
-    k = torch.distributions.Categorical(logits=logits).sample().unsqueeze(-2)  # (..., 1, Z)
+    k = sample_categorical(logits).unsqueeze(-2)  # (..., 1, Z)
     mean = mu.float().gather(-2, k).squeeze(-2)  # (..., Z)
     sigma = log_sigma.float().gather(-2, k).squeeze(-2).exp()  # (..., Z)
     return mean + math.sqrt(temperature) * sigma * torch.randn_like(mean)
@@ -196,7 +197,7 @@ class MDNRNN(nn.Module):
             keys.append(f"loss_{name}")
             values.append(head_loss)
         with torch.no_grad():
-            logged = torch.stack([loss, *values]).tolist()  # one host sync
+            logged = torch.stack([loss, *values]).unbind()  # read once, by the updater
         return loss, dict(zip(["loss", *keys], logged, strict=True))
 
     def sample_next(self, out: dict[str, Tensor], temperature: float | None = None) -> Tensor:
@@ -219,12 +220,11 @@ class MDNRNN(nn.Module):
         z_next = self.sample_next(out, temperature).to(z.dtype)
         b = z.shape[0]
         if "reward_logits" in out:
-            cls = torch.distributions.Categorical(logits=out["reward_logits"].float()).sample()
-            reward = (cls - 1).float()
+            reward = (sample_categorical(out["reward_logits"]) - 1).float()
         else:
             reward = torch.zeros(b, device=z.device)
         if "end_logits" in out:
-            end = torch.distributions.Categorical(logits=out["end_logits"].float()).sample().bool()
+            end = sample_categorical(out["end_logits"]).bool()
         else:
             end = torch.zeros(b, dtype=torch.bool, device=z.device)
         return z_next, reward, end, state, state[0]

@@ -29,46 +29,51 @@ step until the next rebuild (IRIS's published code restarts from the current fra
 1``). ``k = W`` is the exact default.
 
 The cache. The state holds every layer's keys and values in ``M = context_frames * (K + 1)``
-*physical* slots (IRIS: 340) shared by all rows: ``fill``, a plain Python int, is the first free
-slot, the same for every row, and ``kv_valid (B, M)`` says which slots hold a row's own tokens. A
-token is appended at slot ``fill`` for every row, at the row's own *logical* position ``pos[b]``
-(the learned position embedding), and attends to the row's valid slots below it: a row's slots are
-in temporal order, so the physical order gives causality. Rows at different fill levels share
-the cache this way: a row that ``DreamEnv`` restarts from a spare (``where_rows``) gets the
-spare's slots, which all lie below ``fill`` (spares are started by the same ``start`` call as the
-running rows and never stepped), and the slots between the spare's last token and ``fill`` are
-simply invalid for it. Since every step appends exactly ``K + 1`` tokens, the host always knows
-``fill``: nothing is read back from the device, whatever rows were restarted.
+*physical* slots (IRIS: 340) shared by all rows: ``fill``, a 0-dim int64 tensor on the device, is
+the first free slot, the same for every row, and ``kv_valid (B, M)`` says which slots hold a row's
+own tokens. A token is written (``index_copy_``) at slot ``fill`` for every row, at the row's own
+*logical* position ``pos[b]`` (the learned position embedding), and attends, through a mask over
+all ``M`` slots, to the row's valid slots below it: a row's slots are in temporal order, so the
+physical order gives causality. Every step therefore runs the same ops on the same shapes at any
+fill level (one compiled graph, one CUDA graph). Rows at different fill levels share the cache this
+way: a row that ``DreamEnv`` restarts from a spare (``where_rows``) gets the spare's slots, which all
+lie below ``fill`` (spares are started by the same ``start`` call as the running rows and never
+stepped), and the slots between the spare's last token and ``fill`` are simply invalid for it.
 
 A step. The current frame's last token ``o_t^K`` is not in the cache yet: the first call appends
 it with the chosen action ``a_t`` (2 tokens), whose features give the reward, the end and the new
 frame's first token; ``K - 1`` single-token calls then append and draw the others (the last token
 drawn waits for the next step). ``K`` calls per imagined frame; IRIS's published code makes
-``K + 1``.
+``K + 1``. Every step appends exactly ``K + 1`` tokens.
 
-Rebuilds. When the next frame does not fit (``fill + K + 1 > M``; with ``K = 1`` also when
-``fill >= M - 2``), all rows are re-encoded from their windows in one batched call (each row's
-last ``W``, or ``k``, frames, left-padded, at positions ``0 ..``) into a fresh cache, which then
-continues as above. The host knows when: no read-back either. This rebuilds every row that must
-be: a row's window can only have dropped a frame (so that all its positions shift and its keys
-must be recomputed) after a step where it had ``W`` frames, which leaves ``fill >= M - 2``.
-(Restarted rows do not lower the shared ``fill``: the rebuild may come before they need it, with
-the same results.) So from a short context (IRIS: 1 frame) the first ``W`` imagined frames cost
-``K`` cached calls each and every later one a rebuild (one call over ``W * (K + 1)`` tokens, IRIS:
-323, plus ``K - 1`` cached calls, as before the cache was carried); ``rebuild_keep_frames = k``
-rebuilds only every ``W + 1 - k`` frames, for the approximation above.
+Refreshes. When the next frame does not fit (``fill + K + 1 > M``; with ``K = 1`` also when
+``fill >= M - 2``), ``refresh`` re-encodes all rows from their windows in one batched call (each
+row's last ``W``, or ``k``, frames, left-padded, at positions ``0 ..``, but the current frame's last
+token and action, which the step appends) into a fresh cache, which then continues as above.
+Since every step appends ``K + 1`` tokens and restarted rows do not lower the shared ``fill``, when
+a refresh is due depends only on the number of steps since ``start`` and on the start's fill
+(``start_fill``, a Python int fixed by the context's shape): ``refresh_due(state, steps)``
+answers on the host, reading nothing from the device (``DreamEnv`` counts the steps). This
+refreshes every row that must be: a row's window can only have dropped a frame (so that all its
+positions shift and its keys must be recomputed) after a step where it had ``W`` frames, which
+leaves ``fill >= M - 2``. (The refresh may come before a restarted row needs it, with the same
+results.) So from a short context (IRIS: 1 frame) the first ``W`` imagined frames cost ``K``
+cached calls each and every later one a refresh (one call over ``W * (K + 1) - 2`` tokens, IRIS:
+321) plus ``K`` cached calls; ``rebuild_keep_frames = k`` refreshes only every ``W + 1 - k``
+frames, for the approximation above. (IRIS's imagination, horizon 20 from 1 frame: one refresh,
+before the 20th step.)
 
 Buffers. ``step`` writes the new tokens' keys, values and ``kv_valid`` in place, at slots
 ``fill ..`` of every row of the state it is given: slots that are scratch for that state (never
 one of its tokens, so the given state still describes its own frames), shared with the returned
-state (after a rebuild: fresh buffers). Hence the rules: step a state at most once (stepping it
+state (``refresh`` returns fresh buffers). Hence the rules: step a state at most once (stepping it
 again would overwrite its successor's newest tokens; ``where_rows`` copies, so a mix of states is
 a new state), and never step a spare before it is swapped in. ``DreamEnv`` slices one ``2B``-row
 state into active and spare halves: steps write only the active rows (the spare rows of the shared
-buffers are never written), and every later running state is a fresh ``where_rows`` copy. A
-device-side assertion (no host synchronisation) catches a state whose rows have tokens at or above
-``fill`` (a state stepped twice, or a spare from a later ``start``). Run imagination in ``eval()``
-mode: dropout would otherwise perturb keys that are carried for many frames.
+buffers are never written). A device-side assertion (no host synchronisation) catches a state whose
+rows have tokens at or above ``fill`` (a state stepped twice, or a spare from a later ``start``),
+or a step that would overflow the cache (a refresh that was due and not done). Run imagination in
+``eval()`` mode: dropout would otherwise perturb keys that are carried for many frames.
 """
 
 from __future__ import annotations
@@ -82,12 +87,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.heads.reward_end import NUM_END_CLASSES, NUM_REWARD_CLASSES
+from worldmodels.nn.sampling import sample_categorical
 from worldmodels.nn.transformer import GPT, GPTConfig, KVCache, init_weights
 from worldmodels.registry import DYNAMICS
 
 ImagState = dict[str, Tensor | int]
 """Imagination state: batch-first tensors of fixed shapes (rows can be swapped with
-``torch.where`` whatever their history) and two Python ints shared by all rows. With
+``torch.where`` whatever their history), a 0-dim tensor and a Python int shared by all rows. With
 ``W = context_frames - 1``, ``M = context_frames * (K + 1)``:
 
 * ``tokens (B, W, K) int64``: observation tokens of the row's last ``W`` frames, oldest first; the
@@ -99,9 +105,11 @@ ImagState = dict[str, Tensor | int]
 * ``kv_valid (B, M) bool``: the slots that hold the row's own tokens;
 * ``pos (B,) int64``: the logical position of the row's next token, the current frame's last
   observation token (not cached yet);
-* ``fill: int``: the first free physical slot, the same for every row;
-* ``start_fill: int``: the ``fill`` of the ``start`` call the state comes from, the most slots a
-  spare of it occupies (a rebuild never sets ``fill`` below it).
+* ``fill () int64``: the first free physical slot, the same for every row (a tensor, so that every
+  fill level runs the same computation);
+* ``start_fill: int``: the fill of the ``start`` call the state comes from, the most slots a
+  spare of it occupies (a refresh never sets ``fill`` below it); fixed by the context's shape,
+  so it never changes along a trajectory.
 """
 
 
@@ -142,15 +150,6 @@ def _head(dim: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
 
 
-def sample_categorical(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """One draw per row from ``softmax(logits / temperature)`` (``temperature == 0``: argmax), by
-    the Gumbel-max trick: no host synchronisation, global torch RNG. ``(..., C)`` -> ``(...,)``."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    u = torch.rand(logits.shape, device=logits.device)  # u = 0 gives -inf noise: never drawn
-    return (logits.float() / temperature - torch.log(-torch.log(u))).argmax(-1)
-
-
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x, 0).sum() / mask.sum().clamp(min=1)
 
@@ -172,6 +171,9 @@ class TransformerDynamics(nn.Module):
         self.K = config.tokens_per_frame
         self.window = config.context_frames - 1  # frames kept by imagination (+ the new one)
         self.rebuild_frames = config.rebuild_keep_frames or self.window
+        # refresh_due's memo: start_fill -> [due before step 0, 1, ..], and the fill after them
+        self._refresh_schedule: dict[int, list[bool]] = {}
+        self._schedule_fill: dict[int, int] = {}
         dim = config.gpt.embed_dim
         self.obs_embed = nn.Embedding(config.vocab_size, dim)
         self.act_embed = nn.Embedding(num_actions, dim)
@@ -290,7 +292,7 @@ class TransformerDynamics(nn.Module):
             acc_end = _masked_mean((end_logits.argmax(-1) == end_target).float(), real)
             values = torch.stack(
                 [loss, loss_obs, loss_reward, loss_end, acc_obs, acc_rew, acc_end]
-            ).tolist()  # one read-back for all the logs
+            ).unbind()  # tensors: the updater reads all the logs back at once
         names = ("loss", "loss_obs", "loss_reward", "loss_end", "obs_accuracy", "reward_accuracy",
                  "end_accuracy")  # fmt: skip
         return loss, dict(zip(names, values, strict=True))
@@ -313,22 +315,23 @@ class TransformerDynamics(nn.Module):
         masked out), from slot ``max(0, min_fill - (n * (K + 1) - drop))`` on so that the cache's
         size is at least ``min_fill`` (the slots below are invalid). Returns the cache, the
         features ``(B, D)`` of the last token (None if ``drop > 0``: not computed) and the logical
-        positions ``(B, n * (K + 1))`` of all the frames' tokens."""
+        positions ``(B, n * (K + 1))`` of all the frames' tokens. The cache's ``size`` is a 0-dim
+        tensor (its value, ``max(min_fill, n * (K + 1) - drop)``, is fixed by the shapes)."""
         b, n, k = tokens.shape
         x, pos, key_valid = self._sequence(tokens, actions, valid)
         length = n * (k + 1) - drop
+        offset = max(0, min_fill - length)  # slots [0, offset): invalid
         cache = self.gpt.empty_cache(b, tokens.device, dtype)
-        cache.size, cache.padded = max(0, min_fill - length), True  # slots [0, size): invalid
-        cache.k[:, :, :, : cache.size].zero_()
-        cache.v[:, :, :, : cache.size].zero_()
+        cache.padded = True
+        # Every slot is read (masked out where invalid), by these rows and by rows restarted
+        # from spares: keep them finite, as 0 * NaN in the attention would not be.
+        cache.k.zero_()
+        cache.v.zero_()
+        cache.size = torch.tensor(offset, device=tokens.device)
         h = None
         if length > 0:  # the features of the last token only, if any
             h = self.gpt(x[:, :length], cache, valid=key_valid[:, :length], last=int(drop == 0))
             h = h[:, -1] if drop == 0 else None
-        # Slots above the fill are read (masked out) by rows restarted from spares: keep them
-        # finite, as 0 * NaN in the attention would not be.
-        cache.k[:, :, :, cache.size :].zero_()
-        cache.v[:, :, :, cache.size :].zero_()
         return cache, h, pos
 
     @torch.no_grad()
@@ -339,7 +342,8 @@ class TransformerDynamics(nn.Module):
         and must be real. Only the last ``context_frames - 1`` frames are kept: with the next
         imagined frame they fill the context. One call encodes them (but the current frame's last
         token and action, which ``step`` appends) into the cache; the state's ``fill`` is
-        ``min(T0, context_frames - 1) * (K + 1) - 2``.
+        ``min(T0, context_frames - 1) * (K + 1) - 2`` (a 0-dim tensor; ``start_fill``, the same
+        as an int).
 
         Spares that ``DreamEnv`` swaps in for finished rows must come from the same call as the
         rows they replace (or one with as many or fewer frames): see the module docstring."""
@@ -359,9 +363,47 @@ class TransformerDynamics(nn.Module):
             "keys": cache.k,  # (B, L, heads, M, head_dim)
             "values": cache.v,
             "kv_valid": cache.valid,  # (B, M)
-            "pos": pos[:, -2],  # (B,): the current frame's last token
+            "pos": pos[:, -2].contiguous(),  # (B,): the current frame's last token
             "fill": cache.size,
-            "start_fill": cache.size,
+            "start_fill": max(0, tokens.shape[1] * (self.K + 1) - 2),
+        }
+
+    def refresh_due(self, state: ImagState, steps: int) -> bool:
+        """Whether the step after ``steps`` steps since ``start`` needs a ``refresh`` first (its
+        frame would not fit in the cache). Host-side arithmetic on ``state["start_fill"]`` and the
+        config only: nothing is read from the device."""
+        k, m = self.K, self.cfg.max_tokens
+        key = int(state["start_fill"])
+        due = self._refresh_schedule.setdefault(key, [])
+        fill = key if not due else self._schedule_fill[key]
+        while len(due) <= steps:
+            full = fill + max(k + 1, 3) > m
+            if full:
+                fill = max(key, self.rebuild_frames * (k + 1) - 2)
+            due.append(full)
+            fill += k + 1
+        self._schedule_fill[key] = fill
+        return due[steps]
+
+    @torch.no_grad()
+    def refresh(self, state: ImagState) -> ImagState:
+        """The state with a fresh cache: each row's last ``rebuild_frames`` frames re-encoded
+        at positions ``0 ..`` (but the current frame's last token and its action, which the next
+        ``step`` appends), from a slot that leaves the fill at least ``start_fill``. Static
+        shapes; see the module docstring for when it is due (``refresh_due``)."""
+        n = self.rebuild_frames
+        tokens, actions, valid = state["tokens"], state["actions"], state["valid"]
+        cache, _, pos = self._encode(
+            tokens[:, -n:], actions[:, -n:], valid[:, -n:], drop=2,
+            min_fill=int(state["start_fill"]), dtype=state["keys"].dtype,
+        )  # fmt: skip
+        return {
+            **state,
+            "keys": cache.k,
+            "values": cache.v,
+            "kv_valid": cache.valid,
+            "pos": pos[:, -2].contiguous(),  # (B,): the current frame's last token
+            "fill": cache.size,
         }
 
     @torch.no_grad()
@@ -375,38 +417,32 @@ class TransformerDynamics(nn.Module):
         end (B,) bool)``, plus, with ``return_logits``, a dict of the logits the draws came from
         (``obs (B, K, vocab)``, ``reward (B, 3)``, ``end (B, 2)``). The tokens are drawn one by
         one at ``temperature`` (0 = argmax); the reward sign and end from their plain logits, as
-        IRIS does. Draws use the global torch RNG; nothing is read back to the host.
+        IRIS does. Draws use the global torch RNG; nothing is read back to the host, and every
+        call runs the same ops on the same shapes (the fill is a tensor).
 
-        Calls: one that appends the current frame's last token and ``a_t`` (2 tokens; when the
-        cache is full, instead one over the rebuilt window: see the module docstring), whose
+        Calls: one that appends the current frame's last token and ``a_t`` (2 tokens), whose
         features at ``a_t`` give the reward, the end and the first new token, then ``K - 1``
         cached single-token calls. The new keys are written in place at slots ``fill ..`` of
-        ``state``'s buffers, which the returned state shares: step a state at most once.
+        ``state``'s buffers, which the returned state shares: step a state at most once. When
+        the cache is full (``refresh_due``), ``refresh`` the state first.
         """
         tokens, actions, valid = state["tokens"], state["actions"], state["valid"]
         b, w, k = tokens.shape
-        fill, start_fill = state["fill"], state["start_fill"]
+        fill = state["fill"]
         keys, kv_valid = state["keys"], state["kv_valid"]
         m = keys.shape[3]
         # No row may hold tokens at or above the fill (stepped twice, or a spare from a later
-        # start): checked on the device, without reading it back.
-        torch._assert_async(~kv_valid[:, fill:].any())
+        # start), and the frame must fit (a due refresh was done): checked on the device.
+        above = torch.arange(m, device=fill.device) >= fill  # (M,)
+        torch._assert_async(~(kv_valid & above).any() & (fill + max(k + 1, 3) <= m))
         actions = torch.cat([actions[:, :-1], action[:, None]], dim=1)  # (B, W): a_t chosen
-        if fill + max(k + 1, 3) > m:  # full: re-encode the last frames of every row's window
-            n = self.rebuild_frames
-            # min_fill: the fill stays >= start_fill (that of the spares) after this step.
-            cache, h, pos = self._encode(
-                tokens[:, -n:], actions[:, -n:], valid[:, -n:], drop=0,
-                min_fill=start_fill + 2, dtype=keys.dtype,
-            )  # fmt: skip
-            first_pos = pos[:, -1] + 1  # (B,): position of the new frame's first token
-        else:  # append o_t^K and a_t at slots fill, fill + 1
-            cache = KVCache(keys, state["values"], kv_valid, size=fill, padded=True)
-            pos = state["pos"]  # (B,): position of o_t^K
-            x = torch.stack([self.obs_embed(tokens[:, -1, -1]), self.act_embed(action)], dim=1)
-            x = x + self.pos_embed(pos[:, None] + torch.arange(2, device=pos.device))
-            h = self.gpt(x, cache)[:, -1]  # (B, D): the features at a_t
-            first_pos = pos + 2
+        # append o_t^K and a_t at slots fill, fill + 1
+        cache = KVCache(keys, state["values"], kv_valid, size=fill, padded=True)
+        pos = state["pos"]  # (B,): position of o_t^K
+        x = torch.stack([self.obs_embed(tokens[:, -1, -1]), self.act_embed(action)], dim=1)
+        x = x + self.pos_embed(pos[:, None] + torch.arange(2, device=pos.device))
+        h = self.gpt(x, cache)[:, -1]  # (B, D): the features at a_t
+        first_pos = pos + 2  # (B,): position of the new frame's first token
         reward_logits, end_logits = self.reward_head(h), self.end_head(h)  # (B, 3), (B, 2)
         new_tokens, obs_logits = [], []
         for i in range(k):
@@ -429,7 +465,7 @@ class TransformerDynamics(nn.Module):
             "kv_valid": cache.valid,
             "pos": first_pos + k - 1,  # (B,): the new frame's last token, drawn, not cached
             "fill": cache.size,
-            "start_fill": start_fill,
+            "start_fill": state["start_fill"],
         }
         if not return_logits:
             return new_state, next_tokens, reward, end

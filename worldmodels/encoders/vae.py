@@ -177,6 +177,6 @@ class ConvVAE(nn.Module):
         loss = rec + cfg.kl_weight * kl_term
         with torch.no_grad():
             kl = kl_dims.sum()
-            values = torch.stack((loss, rec, kl, kl / cfg.z_dim)).tolist()  # one host sync
+            values = torch.stack((loss, rec, kl, kl / cfg.z_dim))  # read once, by the updater
         keys = ("loss", "reconstruction_loss", "kl", "kl_per_dim")
-        return loss, dict(zip(keys, values, strict=True))
+        return loss, dict(zip(keys, values.unbind(), strict=True))

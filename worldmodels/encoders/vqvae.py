@@ -113,18 +113,29 @@ def quantize(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return z_q_st, tokens.reshape(b, h * w), z_q
 
 
-def vq_losses(z: Tensor, z_q: Tensor, commitment: float) -> tuple[Tensor, Tensor]:
+def vq_losses(
+    z: Tensor, z_q: Tensor, commitment: float, weights: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Codebook loss ``||sg[z] - e||^2`` (moves only the codes) and commitment loss
-    ``beta ||z - sg[e]||^2`` (moves only the encoder), each a mean over elements."""
+    ``beta ||z - sg[e]||^2`` (moves only the encoder), each a mean over elements (with
+    ``weights (B,)``: of each frame's mean, weighted, e.g. 0 on padding frames)."""
     z, z_q = z.float(), z_q.float()
-    return F.mse_loss(z_q, z.detach()), commitment * F.mse_loss(z, z_q.detach())
+    if weights is None:
+        return F.mse_loss(z_q, z.detach()), commitment * F.mse_loss(z, z_q.detach())
+    n = weights.sum().clamp(min=1.0)
+    codebook = ((z_q - z.detach()).pow(2).flatten(1).mean(1) * weights).sum() / n
+    commit = ((z - z_q.detach()).pow(2).flatten(1).mean(1) * weights).sum() / n
+    return codebook, commitment * commit
 
 
-def image_gradient_l1(x: Tensor, y: Tensor) -> Tensor:
+def image_gradient_l1(x: Tensor, y: Tensor, *, per_frame: bool = False) -> Tensor:
     """Mean L1 distance between the horizontal and between the vertical finite differences of two
-    ``(B, C, H, W)`` images: ``mean|dx(x) - dx(y)| + mean|dy(x) - dy(y)|``."""
+    ``(B, C, H, W)`` images: ``mean|dx(x) - dx(y)| + mean|dy(x) - dy(y)|`` (``per_frame``: for
+    each image, ``(B,)``)."""
     dx = (x[..., :, 1:] - x[..., :, :-1]) - (y[..., :, 1:] - y[..., :, :-1])  # (B, C, H, W - 1)
     dy = (x[..., 1:, :] - x[..., :-1, :]) - (y[..., 1:, :] - y[..., :-1, :])  # (B, C, H - 1, W)
+    if per_frame:
+        return dx.abs().flatten(1).mean(1) + dy.abs().flatten(1).mean(1)
     return dx.abs().mean() + dy.abs().mean()
 
 
@@ -285,48 +296,54 @@ class VQVAE(nn.Module):
         z_q_st, tokens, _ = quantize(z, self.codebook.weight)
         return z, z_q_st, tokens, self._reconstruct(z_q_st)
 
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """IRIS's tokenizer loss on every real frame (``mask`` True) of ``batch.obs (B, T, C, H, W)``:
-        codebook + commitment + L1 reconstruction + perceptual (or image-gradient) term."""
+        codebook + commitment + L1 reconstruction + perceptual (or image-gradient) term, each a
+        mean over the real frames. Padding frames go through the network (static shapes: no
+        host sync to drop them) but count for nothing."""
         cfg = self.config
-        x = to_float(batch.obs[batch.mask])  # (N, C, H, W), padding rows dropped
-        if x.shape[0] == 0:
-            zero = self.codebook.weight.sum() * 0.0  # keeps the graph valid for a generic update
-            return zero, {"loss": 0.0}
+        x = to_float(batch.obs.flatten(0, 1))  # (N = B * T, C, H, W)
+        w = batch.mask.flatten().float()  # (N,): 1 on real frames
+        n = w.sum().clamp(min=1.0)
+
+        def mean(per_frame: Tensor) -> Tensor:  # (N, ...) -> the mean over real frames
+            return (per_frame.flatten(1).float().mean(1) * w).sum() / n
+
         z = self._latent(x)
         z_q_st, tokens, z_q = quantize(z, self.codebook.weight)
         recon = self._reconstruct(z_q_st)
-        codebook_loss, commitment_loss = vq_losses(z, z_q, cfg.commitment)
-        reconstruction_loss = (x - recon.float()).abs().mean()
+        codebook_loss, commitment_loss = vq_losses(z, z_q, cfg.commitment, weights=w)
+        reconstruction_loss = mean((x - recon.float()).abs())
         if self.perceptual is not None:
             extra_name = "perceptual_loss"
-            extra = cfg.perceptual_weight * perceptual_distance(self.perceptual, x, recon).mean()
+            extra = cfg.perceptual_weight * mean(
+                perceptual_distance(self.perceptual, x, recon)[:, None]
+            )
         else:
             extra_name = "gradient_loss"
-            extra = cfg.gradient_weight * image_gradient_l1(x, recon.float())
+            extra = cfg.gradient_weight * mean(
+                image_gradient_l1(x, recon.float(), per_frame=True)[:, None]
+            )
         loss = codebook_loss + commitment_loss + reconstruction_loss + extra
         terms = torch.stack((loss, codebook_loss, commitment_loss, reconstruction_loss, extra))
-        values = terms.detach().tolist()  # one host sync for all scalars
-        logs = dict(
-            zip(
-                ("loss", "codebook_loss", "commitment_loss", "reconstruction_loss", extra_name),
-                values,
-                strict=True,
-            )
-        )
-        logs.update(self.codebook_usage(tokens))
+        names = ("loss", "codebook_loss", "commitment_loss", "reconstruction_loss", extra_name)
+        logs = dict(zip(names, terms.detach().unbind(), strict=True))  # read once, later
+        logs.update(self.codebook_usage(tokens, weights=w))
         return loss, logs
 
     @torch.no_grad()
-    def codebook_usage(self, tokens: Tensor) -> dict[str, float]:
-        """Code usage of ``tokens`` (any shape, int64): ``perplexity`` (exp of the entropy of the
-        empirical code distribution: V if uniform, 1 if one code) and ``dead_codes`` (codes never
-        used). Pass the tokens of many frames for a meaningful count."""
-        counts = torch.bincount(tokens.reshape(-1), minlength=self.vocab_size).float()  # (V,)
+    def codebook_usage(self, tokens: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """Code usage of ``tokens`` ``(N, ...)`` int64 (rows weighted by ``weights (N,)``, e.g. 0
+        on padding): ``perplexity`` (exp of the entropy of the empirical code distribution: V if
+        uniform, 1 if one code) and ``dead_codes`` (codes never used), as 0-dim tensors (static
+        shapes, nothing read back). Pass the tokens of many frames for a meaningful count."""
+        per_row = tokens.reshape(tokens.shape[0], -1)  # (N, K)
+        w = torch.ones(per_row.shape[0], device=tokens.device) if weights is None else weights
+        counts = torch.zeros(self.vocab_size, device=tokens.device)
+        counts.index_add_(0, per_row.flatten(), w.float()[:, None].expand_as(per_row).flatten())
         p = counts / counts.sum().clamp_min(1.0)
         entropy = -(p * p.clamp_min(1e-12).log()).sum()
-        perplexity, dead = torch.stack((entropy.exp(), (counts == 0).sum().float())).tolist()
-        return {"perplexity": perplexity, "dead_codes": dead}
+        return {"perplexity": entropy.exp(), "dead_codes": (counts == 0).sum().float()}
 
 
 _PERCEPTUAL = "perceptual."

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from worldmodels.interfaces import Batch
 from worldmodels.nn.blocks import Downsample, ResBlocks, check_levels, conv3x3
 from worldmodels.nn.pixels import to_float
+from worldmodels.nn.sampling import sample_categorical
 
 State = tuple[Tensor, Tensor]  # (h, c), each (B, lstm_dim)
 
@@ -141,9 +142,9 @@ class RewardEndModel(nn.Module):
         with torch.no_grad():
             acc_rew = ((logits_rew.argmax(-1) == target_rew) & valid).sum() / n
             acc_end = ((logits_end.argmax(-1) == target_end) & valid).sum() / n
-            values = torch.stack((loss, loss_rew, loss_end, acc_rew, acc_end)).tolist()  # one sync
+            values = torch.stack((loss, loss_rew, loss_end, acc_rew, acc_end))  # read once, later
         keys = ("loss", "loss_reward", "loss_end", "reward_accuracy", "end_accuracy")
-        return loss, dict(zip(keys, values, strict=True))
+        return loss, dict(zip(keys, values.unbind(), strict=True))
 
     @torch.no_grad()
     def burn_in(self, obs: Tensor, act: Tensor, mask: Tensor) -> State:
@@ -167,6 +168,6 @@ class RewardEndModel(nn.Module):
         if obs.dtype == torch.uint8:
             obs, next_obs = to_float(obs), to_float(next_obs)
         logits_rew, logits_end, state = self(obs[:, None], act[:, None], next_obs[:, None], state)
-        rew = torch.distributions.Categorical(logits=logits_rew[:, 0]).sample()  # (B,) in {0, 1, 2}
-        end = torch.distributions.Categorical(logits=logits_end[:, 0]).sample()  # (B,) in {0, 1}
+        rew = sample_categorical(logits_rew[:, 0])  # (B,) in {0, 1, 2}
+        end = sample_categorical(logits_end[:, 0])  # (B,) in {0, 1}
         return (rew - 1).float(), end.bool(), state

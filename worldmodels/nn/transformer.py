@@ -6,6 +6,10 @@ nanoGPT and IRIS): ``x + attn(LN(x))`` then ``x + mlp(LN(x))``, with a final lay
 
 The ``KVCache`` keeps every layer's keys and values in two preallocated batch-first tensors
 ``(B, L, heads, max_tokens, head_dim)``, so calls can append tokens one (or a chunk) at a time.
+Its fill ``size`` is either a Python int (calls read only the filled slots; each fill level is a
+different computation) or a 0-dim int64 tensor (calls write at slots ``size ..`` with
+``index_copy_`` and attend over all slots under a mask: the same shapes and ops at every fill
+level, so a step can be compiled once or captured in a CUDA graph).
 Sequences of different lengths share a batch through padding tokens that nothing attends to, and
 a cache's slots are physical: every call appends at the same slot for all rows, but which slots a
 row's tokens attend to is the row's own (``KVCache.valid``), so rows may hold holes (a row whose
@@ -53,15 +57,16 @@ class KVCache:
     they read it). ``valid (B, max_tokens)`` bool marks which of them later tokens may attend to
     (False: padding, or slots a row does not own; their keys and values are still read, masked
     out, so they must be finite); ``padded`` says whether any slot below ``size`` may be invalid,
-    so calls without padding skip the mask. ``size`` is a host-side int shared by all rows (the
-    next call writes at the same slot for every row), so no call needs to read the device. The
+    so calls without padding skip the mask. ``size`` is shared by all rows (the next call writes
+    at the same slot for every row): a host-side int, or a 0-dim int64 tensor on the cache's
+    device (static shapes: see the module docstring); either way no call reads the device. The
     fields may be views of a caller's buffers: calls write them in place.
     """
 
     k: Tensor
     v: Tensor
     valid: Tensor
-    size: int = 0
+    size: int | Tensor = 0
     padded: bool = False
 
     @classmethod
@@ -133,11 +138,13 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None,
-        last: int | None = None,
+        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int | Tensor,
+        mask: Tensor | None, last: int | None = None,
     ) -> Tensor:  # fmt: skip
         """``x (B, T, D)``; with ``kv`` (a layer of a cache holding ``start`` tokens) the new keys
-        and values are written at ``start:start + T`` and the queries see all ``start + T``.
+        and values are written at ``start:start + T`` and the queries see all ``start + T``
+        (``start`` a 0-dim tensor: written at those slots by ``index_copy_``, and the queries see
+        every slot of the buffers, ``mask`` saying which).
         ``last``: only the last ``last`` tokens' outputs are computed, ``(B, last, D)`` (the keys
         and values of all ``T`` still are).
         ``mask`` is ``attention_mask(...)`` (bool) or the same as an additive float mask (0 or
@@ -149,10 +156,16 @@ class CausalSelfAttention(nn.Module):
         dropout_p = self.attn_dropout if self.training else 0.0
         if kv is not None:
             k_buf, v_buf = kv  # (B, nh, max_tokens, hs) each
-            k_buf.narrow(2, start, t).copy_(k)
-            v_buf.narrow(2, start, t).copy_(v)
-            k = k_buf.narrow(2, 0, start + t)  # (B, nh, S + T, hs)
-            v = v_buf.narrow(2, 0, start + t)
+            if isinstance(start, Tensor):  # static shapes: all slots, masked
+                slots = start + torch.arange(t, device=x.device)  # (T,)
+                k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
+                v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
+                k, v = k_buf, v_buf  # (B, nh, max_tokens, hs)
+            else:
+                k_buf.narrow(2, start, t).copy_(k)
+                v_buf.narrow(2, start, t).copy_(v)
+                k = k_buf.narrow(2, 0, start + t)  # (B, nh, S + T, hs)
+                v = v_buf.narrow(2, 0, start + t)
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)
         if last is not None and last < t:
@@ -191,8 +204,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int, mask: Tensor | None,
-        last: int | None = None,
+        self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int | Tensor,
+        mask: Tensor | None, last: int | None = None,
     ) -> Tensor:  # fmt: skip
         y = self.attn(self.ln1(x), kv, start, mask, last)
         if last is not None:
@@ -241,12 +254,16 @@ class GPT(nn.Module):
         the rest of the work of the final block (whose other outputs nothing reads): for a cache
         fill whose features are not needed (``last=0``) or only at the end (``last=1``).
 
-        Calls with a cache run eagerly even in a compiled GPT (``module.compile()``): the cache's
-        fill, a Python int, changes with every call and would recompile each time.
+        A cache whose ``size`` is a 0-dim tensor is written at slots ``size .. size + T - 1``
+        (in place, ``index_copy_``) and attended to through a mask over all its slots: every fill
+        level runs the same ops on the same shapes (compiled once, or captured in a CUDA graph).
+
+        Calls with a cache whose ``size`` is a Python int run eagerly even in a compiled GPT
+        (``module.compile()``): the fill changes with every call and would recompile each time.
         """
-        if cache is not None:
+        if cache is not None and not isinstance(cache.size, Tensor):
             return self._forward_cached(x, cache, valid, last)
-        return self._forward(x, None, valid, last)
+        return self._forward(x, cache, valid, last)
 
     @torch.compiler.disable
     def _forward_cached(
@@ -258,10 +275,17 @@ class GPT(nn.Module):
         self, x: Tensor, cache: KVCache | None, valid: Tensor | None, last: int | None
     ) -> Tensor:
         b, t, _ = x.shape
+        start: int | Tensor
         if cache is None:
             if t > self.cfg.max_tokens:
                 raise ValueError(f"{t} tokens exceed max_tokens={self.cfg.max_tokens}")
             start, key_valid = 0, valid
+            mask = attention_mask(t, start, key_valid, x.device)
+        elif isinstance(cache.size, Tensor):
+            if cache.k.shape[0] != b:
+                raise ValueError(f"cache has {cache.k.shape[0]} rows, the input {b}")
+            start = cache.size
+            mask = _slot_mask(cache, start, t, valid)
         else:
             start = cache.size
             if start + t > cache.max_tokens:
@@ -273,7 +297,7 @@ class GPT(nn.Module):
             cache.valid[:, start : start + t] = True if valid is None else valid
             cache.padded = cache.padded or valid is not None
             key_valid = cache.valid[:, : start + t] if cache.padded else None  # (B, S + T)
-        mask = attention_mask(t, start, key_valid, x.device)
+            mask = attention_mask(t, start, key_valid, x.device)
         if mask is not None:  # additive, once for all layers (SDPA would convert it in each)
             dtype = x.dtype
             if torch.is_autocast_enabled(x.device.type):  # the queries' dtype
@@ -289,6 +313,22 @@ class GPT(nn.Module):
         if cache is not None:
             cache.size = start + t
         return self.ln_f(x)
+
+
+def _slot_mask(cache: KVCache, start: Tensor, t: int, valid: Tensor | None) -> Tensor:
+    """Marks ``T`` new tokens valid (``valid (B, T)``, default all) at slots ``start ..`` of
+    ``cache.valid`` (in place) and returns which of all ``M`` slots each may attend to,
+    ``(B, 1, T, M)`` bool: the row's valid slots up to its own, and always itself (see
+    ``attention_mask``). Static shapes: ``start`` is a 0-dim tensor."""
+    slots = start + torch.arange(t, device=start.device)  # (T,)
+    if valid is None:
+        cache.valid.index_fill_(1, slots, True)
+    else:
+        cache.valid.index_copy_(1, slots, valid)
+    every = torch.arange(cache.max_tokens, device=start.device)  # (M,)
+    upto = every[None, :] <= slots[:, None]  # (T, M)
+    itself = every[None, :] == slots[:, None]  # (T, M)
+    return ((cache.valid[:, None, :] & upto) | itself)[:, None]  # (B, 1, T, M)
 
 
 def init_weights(module: nn.Module) -> None:

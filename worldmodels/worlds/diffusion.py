@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from worldmodels.dynamics.diffusion.edm import EDMConfig
+from worldmodels.dynamics.diffusion.sampler import sigma_levels
 from worldmodels.dynamics.diffusion.unet import Denoiser, DenoiserNetConfig
 from worldmodels.heads.reward_end import RewardEndConfig, RewardEndModel
 from worldmodels.interfaces import Batch, EnvInfo
@@ -69,6 +70,8 @@ class DiffusionWorld(nn.Module):
         """Reward/end optimisation (DIAMOND: AdamW 1e-4, clip 100, 400 steps per epoch)."""
 
     default_agent: ClassVar[str] = "actor_critic"
+    # imagine_step (and imagine_refresh) are static: one compiled graph, one CUDA graph
+    graph_capture: ClassVar[bool | str] = True
 
     def __init__(self, config: Config, env_info: EnvInfo) -> None:
         super().__init__()
@@ -80,6 +83,10 @@ class DiffusionWorld(nn.Module):
         self.reward_end = RewardEndModel(config.reward_end, env_info.num_actions)
         # Features for agents that observe them: the reward/end LSTM's summary of the trajectory.
         self.feature_dim = config.reward_end.lstm_dim
+        # The sampling schedule as Python floats, once: imagination never syncs or recompiles.
+        self.sigmas = sigma_levels(
+            config.denoising_steps, config.sigma_min, config.sigma_max, config.rho
+        )
 
     def hot_modules(self) -> list[nn.Module]:
         """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
@@ -125,6 +132,7 @@ class DiffusionWorld(nn.Module):
             sigma_max=c.sigma_max,
             rho=c.rho,
             init=c.init_noise,
+            sigmas=self.sigmas,
         )  # fmt: skip  (B, C, H, W), quantised to 8 bits
         reward, end, (h, cc) = self.reward_end.predict(
             state["obs"][:, -1], action, next_x, (state["h"], state["c"])

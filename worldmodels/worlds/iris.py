@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,16 @@ def _chunked(fn, x: Tensor) -> Tensor:
     if x.device.type != "cpu" or x.shape[0] <= CPU_CHUNK_FRAMES or torch.is_grad_enabled():
         return fn(x)
     return torch.cat([fn(c) for c in x.split(CPU_CHUNK_FRAMES)])
+
+
+class TokenSegments(NamedTuple):
+    """A replay batch with its frames as tokens: what the transformer's loss reads."""
+
+    tokens: Tensor  # (B, T, K) int64
+    act: Tensor  # (B, T) int64
+    rew: Tensor  # (B, T) float32
+    end: Tensor  # (B, T) bool
+    mask: Tensor  # (B, T) bool
 
 
 def _tokenizer_training() -> StageTraining:
@@ -79,6 +89,8 @@ class IrisWorld(nn.Module):
         """Transformer optimisation (IRIS: 64 x 20 frames, from epoch 26)."""
 
     default_agent: ClassVar[str] = "actor_critic"
+    # imagine_step (and imagine_refresh) are static: one compiled graph, one CUDA graph
+    graph_capture: ClassVar[bool | str] = True
     # IRIS's own schedule and actor-critic settings (presets and --set still override them)
     schedule_defaults: ClassVar[dict] = {
         "epochs": 600, "initial_collect_steps": 0, "initial_collect_min_rewards": 0,
@@ -125,15 +137,25 @@ class IrisWorld(nn.Module):
         self.tokenizer.train(was_training)
         return tokens
 
-    def transformer_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """The transformer on cached tokens of the batch's frames (re-encoded only if stale)."""
+    def segment_tokens(self, batch: Batch) -> tuple[TokenSegments, dict[str, float]]:
+        """The batch's frames as tokens, from the cache (re-encoded only if stale): the host-side
+        part of a transformer step (what is cached decides what is encoded)."""
         before = self.tokens.encoded
         tokens = self.tokens.lookup(
             batch.frame_ids, batch.obs, self._encode, self.tokenizer_version
         )
-        loss, logs = self.dynamics.loss(tokens, batch.act, batch.rew, batch.end, batch.mask)
-        logs["frames_encoded"] = float(self.tokens.encoded - before)
-        return loss, logs
+        x = TokenSegments(tokens, batch.act, batch.rew, batch.end, batch.mask)
+        return x, {"frames_encoded": float(self.tokens.encoded - before)}
+
+    def token_loss(self, x: TokenSegments) -> tuple[Tensor, dict[str, Tensor]]:
+        """The transformer's loss on token segments (static: a CUDA graph can replay it)."""
+        return self.dynamics.loss(x.tokens, x.act, x.rew, x.end, x.mask)
+
+    def transformer_loss(self, batch: Batch) -> tuple[Tensor, dict]:
+        """The transformer on cached tokens of the batch's frames (re-encoded only if stale)."""
+        x, extra = self.segment_tokens(batch)
+        loss, logs = self.token_loss(x)
+        return loss, {**logs, **extra}
 
     def stages(self) -> dict[str, Stage]:
         c = self.config
@@ -146,8 +168,12 @@ class IrisWorld(nn.Module):
                 self._bump_tokenizer_version,
             ),  # fmt: skip
             "transformer": Stage(
-                "transformer", self.dynamics, self.transformer_loss, c.transformer_training
-            ),
+                "transformer",
+                self.dynamics,
+                self.token_loss,
+                c.transformer_training,
+                prepare=self.segment_tokens,
+            ),  # fmt: skip
         }
 
     def hot_modules(self) -> list[nn.Module]:
@@ -181,6 +207,15 @@ class IrisWorld(nn.Module):
         )
         obs = to_uint8(self.tokenizer.decode(tokens)) if render else None
         return state, obs, reward, end
+
+    def imagine_refresh_due(self, state: dict, steps: int) -> bool:
+        """Whether the key/value cache must be rebuilt before the step after ``steps`` steps
+        since ``imagine_start`` (host arithmetic only; see ``TransformerDynamics.refresh_due``)."""
+        return self.dynamics.refresh_due(state, steps)
+
+    def imagine_refresh(self, state: dict) -> dict:
+        """The state with its cache rebuilt from each row's window (static shapes)."""
+        return self.dynamics.refresh(state)
 
     # ---------------------------------------------------------------- features
 

@@ -60,6 +60,8 @@ class VAEWorld(nn.Module):
         """MDN-RNN optimisation; in the staged schedule ``steps_per_epoch`` is its total steps."""
 
     default_agent: ClassVar[str] = "cmaes"
+    # imagine_step (and imagine_refresh) are static: one compiled graph, one CUDA graph
+    graph_capture: ClassVar[bool | str] = True
     schedule: ClassVar[str] = "staged"  # stages train one after another (Ha & Schmidhuber)
 
     def __init__(self, config: Config, env_info: EnvInfo) -> None:
@@ -85,21 +87,36 @@ class VAEWorld(nn.Module):
     def _encode_mean(self, obs: Tensor) -> Tensor:
         return self.vae.encode(obs)
 
-    def mdn_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """The MDN-RNN on latent sequences of the (frozen) VAE, encoded once per VAE version."""
+    def segment_latents(self, batch: Batch) -> tuple[Batch, dict[str, float]]:
+        """The batch with its frames as VAE latent means ``(B, T, Z)`` in place of ``obs``, from
+        the cache (encoded once per VAE version): the host-side part of an MDN-RNN step."""
         if batch.frame_ids is None:
             with torch.no_grad():
                 b, t = batch.obs.shape[:2]
                 z = self._encode_mean(batch.obs.flatten(0, 1)).unflatten(0, (b, t))
         else:
             z = self.latents.lookup(batch.frame_ids, batch.obs, self._encode_mean, self.vae_version)
-        return self.mdn.loss(z, batch.act, batch.rew, batch.end, batch.mask)
+        return batch._replace(obs=z, frame_ids=None), {}
+
+    def latent_loss(self, x: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The MDN-RNN's loss on latent segments (``obs`` holds the latents; static)."""
+        return self.mdn.loss(x.obs, x.act, x.rew, x.end, x.mask)
+
+    def mdn_loss(self, batch: Batch) -> tuple[Tensor, dict]:
+        """The MDN-RNN on latent sequences of the (frozen) VAE, encoded once per VAE version."""
+        return self.latent_loss(self.segment_latents(batch)[0])
 
     def stages(self) -> dict[str, Stage]:
         c = self.config
         return {
             "vae": Stage("vae", self.vae, self.vae.loss, c.vae_training, self._bump_vae_version),
-            "mdn_rnn": Stage("mdn_rnn", self.mdn, self.mdn_loss, c.mdn_training),
+            "mdn_rnn": Stage(
+                "mdn_rnn",
+                self.mdn,
+                self.latent_loss,
+                c.mdn_training,
+                prepare=self.segment_latents,
+            ),  # fmt: skip
         }
 
     def reconstruct(self, obs: Tensor) -> Tensor:

@@ -2,12 +2,13 @@
 
 Every sampler has the same signature, ``sampler(denoise, x, sigmas) -> x0``: ``denoise(x, sigma)``
 is ``D(x; sigma)`` with ``x`` ``(B, ...)`` and ``sigma`` ``(B,)``; ``x`` is the initial noise at
-``sigmas[0]``; ``sigmas`` is a decreasing schedule ending in 0 (see ``sigma_schedule``).
+``sigmas[0]``; ``sigmas`` is a decreasing schedule ending in 0 (see ``sigma_schedule``), a tensor
+or, better in hot loops, Python floats (``sigma_levels``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -39,8 +40,14 @@ def _d(denoise: Denoise, x: Tensor, sigma: float) -> Tensor:
     return (x - denoise(x, sigma_b)) / sigma
 
 
-def _pairs(sigmas: Tensor) -> list[tuple[float, float]]:
-    s = sigmas.tolist()  # Python floats: the loop branches on them without device syncs
+def sigma_levels(steps: int, sigma_min: float, sigma_max: float, rho: float) -> tuple[float, ...]:
+    """``sigma_schedule`` as Python floats (computed on the host once: a sampling loop that
+    branches on them neither synchronises with a device nor breaks a compiled graph)."""
+    return tuple(sigma_schedule(steps, sigma_min, sigma_max, rho).tolist())
+
+
+def _pairs(sigmas: Tensor | Sequence[float]) -> list[tuple[float, float]]:
+    s = sigmas.tolist() if isinstance(sigmas, Tensor) else list(sigmas)  # Python floats
     return list(zip(s[:-1], s[1:], strict=True))
 
 

@@ -7,6 +7,7 @@ and ``K`` the number of frames predicted autoregressively during training (2 in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from worldmodels.dynamics.diffusion.sampler import (
     SAMPLERS,
     InitNoise,
     initial_noise,
-    sigma_schedule,
+    sigma_levels,
 )
 from worldmodels.nn.blocks import (
     Downsample,
@@ -225,11 +226,11 @@ class Denoiser(nn.Module):
             m = mask[:, t + j].float()
             loss_j = (row_mse * m).sum() / m.sum().clamp(min=1)
             total = total + loss_j
-            logs[f"loss_target{j}"] = loss_j.item()
+            logs[f"loss_target{j}"] = loss_j.detach()
             if j < k - 1:
                 frames[t + j] = quantize(self._combine(noisy, out, pre).detach())
         loss = total / k
-        logs["loss"] = loss.item()
+        logs["loss"] = loss.detach()  # tensors: the updater reads all the logs back at once
         return loss, logs
 
     @torch.no_grad()
@@ -244,6 +245,7 @@ class Denoiser(nn.Module):
         sigma_max: float,
         rho: float,
         init: InitNoise,
+        sigmas: Sequence[float] | None = None,
     ) -> Tensor:
         """The next frame ``(B, C, H, W)`` float in ``[-1, 1]`` on the 8-bit grid, from
         ``ctx_obs`` ``(B, T, C, H, W)`` float in ``[-1, 1]`` and ``ctx_act`` ``(B, T)`` int64.
@@ -258,6 +260,7 @@ class Denoiser(nn.Module):
             pre = self._preconditioners(sigma)
             return self._combine(x, self._net_output(x, pre, ctx, ctx_act), pre)
 
-        sigmas = sigma_schedule(steps, sigma_min, sigma_max, rho)
+        if sigmas is None:  # the schedule of these settings (pass ``sigma_levels`` in loops)
+            sigmas = sigma_levels(steps, sigma_min, sigma_max, rho)
         x = initial_noise((b, c, h, w), sigma_max, init, ctx_obs.device)
         return quantize(SAMPLERS[sampler](denoise, x, sigmas))
