@@ -78,6 +78,10 @@ class ScheduleConfig:
     """Log videos (imagined beside real rollouts, test episodes) every this many epochs; 0 = never."""
     video_horizon: int = 32
     """Imagined steps in those videos."""
+    dream_spares: Literal["fresh", "shared"] = "fresh"
+    """Where an imagined trajectory that ends early restarts: ``fresh``, from a real context of its
+    own, started with the others (twice the start-up work per agent update; DIAMOND restarts from
+    new contexts); ``shared``, from the context its trajectory started from (no extra work)."""
 
 
 @dataclass(frozen=True)

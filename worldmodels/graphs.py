@@ -25,6 +25,7 @@ dynamic=False)`` is the other CPU proxy: it proves there is no graph break and n
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -99,6 +100,12 @@ class CapturedCall:
         self._entries: dict[tuple, _Entry] = {}
         self.captures = 0  # graphs captured so far (one per key)
         self.replays = 0
+
+    def __deepcopy__(self, memo: dict) -> CapturedCall:
+        """A copy of the function, with no graph captured yet (graphs cannot be copied)."""
+        return CapturedCall(
+            copy.deepcopy(self.fn, memo), mode=self.mode, warmup=self.warmup, name=self.name
+        )
 
     def __call__(self, *args: Any) -> Any:
         if _inside:  # part of an enclosing captured function (e.g. a step inside an update)

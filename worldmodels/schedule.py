@@ -19,6 +19,8 @@ from envs.dream import DreamEnv, imagine_step
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
 from worldmodels.config import Config, to_dict
+from worldmodels.errors import UserError
+from worldmodels.graphs import graphs_enabled
 from worldmodels.observe import Observer
 from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.results import results_record, summary_line, write_results
@@ -95,11 +97,13 @@ class OnlineSchedule:
         self.stage_trainers: dict[str, StageTrainer] = {}
         self.dream: DreamEnv | None = None
         self.video_sampler: SegmentSampler | None = None
+        self.graphs = self._graphs_mode(cfg, world, device, log)
         if world is not None:
             for name, stage in world.stages().items():
                 self.stage_trainers[name] = StageTrainer(
-                    stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp
-                )
+                    stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp,
+                    graphs=self.graphs or False,
+                )  # fmt: skip
             self.video_sampler = SegmentSampler(
                 store, world.context_len + cfg.schedule.video_horizon,
                 seed=derive_seed(seed, "video"),
@@ -110,8 +114,24 @@ class OnlineSchedule:
                     world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
                     device=device, seed=derive_seed(seed, "dream"),
                     recency_weights=agent_training.recency_weights, amp=amp,
-                    observe=agent.observes,
+                    observe=agent.observes, spares=cfg.schedule.dream_spares, graphs=self.graphs,
                 )  # fmt: skip
+
+    @staticmethod
+    def _graphs_mode(
+        cfg: Config, world: Any, device: torch.device, log: Callable[[str], None]
+    ) -> str | None:
+        """``run.cuda_graphs`` for this world: "cuda" or None (with a line saying why not)."""
+        if not graphs_enabled(cfg.run.cuda_graphs, device) or world is None:
+            return None
+        why = getattr(world, "graph_capture", "it does not declare graph_capture = True")
+        if why is True:
+            return "cuda"
+        name = getattr(world, "registry_name", type(world).__name__)
+        if cfg.run.cuda_graphs == "on":
+            raise UserError(f"run.cuda_graphs=on: world {name!r} cannot be captured ({why})")
+        log(f"CUDA graphs off: world {name!r} cannot be captured ({why})")
+        return None
 
     # ---------------------------------------------------------------- building blocks
 
@@ -298,8 +318,12 @@ class OnlineSchedule:
             steps = sum(trainer.stage.training.steps_in(e) for e in epochs)
             if steps:
                 stage = copy.deepcopy(trainer.stage)  # its module and loss, not the run's
-                twin = StageTrainer(stage, self.store, self.device, seed=0, amp=self.amp)
-                twin.train(1)  # the first call pays one-off kernel selection
+                twin = StageTrainer(
+                    stage, self.store, self.device, seed=0, amp=self.amp,
+                    graphs=self.graphs or False,
+                )  # fmt: skip
+                # the first calls pay one-off kernel selection (and graph capture)
+                twin.train(3 if self.graphs else 1)
                 sec = _seconds(twin.train, 1)
                 total += sec * steps
                 parts.append(f"{name} {sec:.2f} s/step x {steps:,}")
@@ -307,6 +331,8 @@ class OnlineSchedule:
             steps = sum(self.agent.config.training.steps_in(e) for e in epochs)
             if steps:
                 agent, dream = copy.deepcopy((self.agent, self.dream))
+                for _ in range(3 if self.graphs else 0):  # eager warm-ups and the capture
+                    agent.train_in_imagination(dream)
                 sec = _seconds(agent.train_in_imagination, dream)
                 total += sec * steps
                 parts.append(f"agent {sec:.2f} s/update x {steps:,}")

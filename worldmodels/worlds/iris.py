@@ -95,6 +95,9 @@ class IrisWorld(nn.Module):
     schedule_defaults: ClassVar[dict] = {
         "epochs": 600, "initial_collect_steps": 0, "initial_collect_min_rewards": 0,
         "collect_steps_per_epoch": 200, "collect_epsilon": 0.01,
+        # IRIS's imagination restarts nothing (steps after an end are masked out): restarting
+        # from the same contexts keeps its start-up cost, each reset encoding num_envs contexts.
+        "dream_spares": "shared",
     }  # fmt: skip
     agent_defaults: ClassVar[dict] = {
         "actor_critic": {

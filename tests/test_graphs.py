@@ -1,0 +1,312 @@
+"""Static hot loops: imagination compiles once without graph breaks or recompiles and gives the
+eager trajectories; CUDA-graph buffer semantics (simulated on CPU) change no result; the graphed
+update trains like the eager one. The CPU stand-ins for CUDA graph capture:
+
+* ``torch.compile(fullgraph=True, dynamic=False)`` fails on any graph break (a host sync, data-
+  dependent Python control flow) and counts a recompile for any change of shapes, strides,
+  Python values or aliasing from step to step;
+* ``graphs="simulate"`` runs the captured code path with its static buffers (inputs copied in,
+  outputs overwritten by the next call), eagerly.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+import torch._dynamo
+
+from agents.actor_critic import ActorCritic
+from envs.dream import DreamEnv
+from envs.testing import BanditWorld, random_store
+from worldmodels import config as C
+from worldmodels.build import build_world
+from worldmodels.errors import UserError
+from worldmodels.graphs import CapturedCall, graphs_enabled
+from worldmodels.interfaces import EnvInfo
+from worldmodels.nn.sampling import sample_categorical
+from worldmodels.training import StageTrainer
+
+ENV = EnvInfo(num_actions=4, obs_shape=(3, 64, 64))
+# Smaller than the smoke preset where it keeps compile times short: 4 tokens per frame, a 3-frame
+# IRIS context (so the cache is refreshed inside every trajectory).
+TINY = {
+    "diffusion": [],
+    "iris": [
+        "world.tokenizer.ch_mult=[1,1,1,1,1,1]",
+        "world.dynamics.context_frames=3",
+        "world.context_len=3",
+        "world.transformer_training.seq_len=3",
+        "world.transformer_training.pad_right=2",
+    ],
+    "vae": [],
+}
+HORIZON = 4
+
+
+def _world(name):
+    torch.manual_seed(0)
+    cfg = C.resolve(env="Breakout", world=name, preset="smoke", overrides=TINY[name])
+    return build_world(cfg.world, ENV, device=torch.device("cpu")).eval()
+
+
+def _agent():
+    cfg = C.resolve(env="Breakout", world="diffusion", agent="actor_critic", preset="smoke")
+    return ActorCritic(cfg.agent.config, ENV, seed=0).eval()
+
+
+def _store():
+    return random_store(num_episodes=4, length=24, obs_shape=ENV.obs_shape, num_actions=4)
+
+
+def _policy(agent):
+    """The agent's next action in imagination: a static function of (obs, h, c)."""
+
+    def act(obs, h, c):
+        with torch.no_grad():
+            logits, _, (h, c) = agent(obs, (h, c))
+            return sample_categorical(logits), h, c
+
+    return act
+
+
+class CountingBackend:
+    """``aot_eager`` (the eager kernels, so results are bitwise those of eager mode) that counts
+    the graphs it is asked to compile: one per function unless something recompiles."""
+
+    def __init__(self):
+        self.graphs = {}
+
+    def wrap(self, fn, name):
+        def backend(gm, example_inputs):
+            self.graphs[name] = self.graphs.get(name, 0) + 1
+            return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+        return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
+
+
+def _trajectories(world, *, capture=None, graphs=None, spares="fresh", act=None, n=3):
+    """``n`` whole trajectories (a reset before each) of 3 rows, actions from ``act``."""
+    torch.manual_seed(0)
+    dream = DreamEnv(
+        world, _store(), num_envs=3, horizon=HORIZON, device="cpu", seed=1, spares=spares,
+        capture=capture, graphs=graphs,
+    )  # fmt: skip
+    agent = _agent()
+    policy = act or _policy(agent)
+    out = []
+    for _ in range(n):
+        obs, _ = dream.reset()
+        h, c = agent.initial_state(3, "cpu")
+        out.append(obs)
+        for _ in range(HORIZON):
+            action, h, c = policy(obs, h, c)
+            obs, rew, term, trunc, info = dream.step(action)
+            out += [action, obs, rew, term, trunc, info["final_obs"]]
+    return out
+
+
+def _equal(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture
+def allow_rnn():
+    # nn.LSTM (the reward/end model, the MDN-RNN) needs dynamo's RNN support, which is off by
+    # default; CUDA graphs capture cuDNN's LSTM as it is.
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_imagined_step_compiles_once_and_gives_the_eager_trajectories(name, allow_rnn):
+    """World step + DreamEnv bookkeeping (horizon, restarts from spares, outputs) and the
+    agent's action: one graph each, no recompile over 3 trajectories (2 resets between them; for
+    IRIS a cache refresh inside each), and bitwise the eager trajectories."""
+    world = _world(name)
+    eager = _trajectories(world)
+    compiled = CountingBackend()
+    agent = _agent()
+    policy = compiled.wrap(_policy(agent), "policy")
+    got = _trajectories(world, capture=compiled.wrap, act=policy)
+    expected = {"imagine_step": 1, "policy": 1}
+    if name == "iris":
+        expected["imagine_refresh"] = 1
+    assert compiled.graphs == expected
+    assert _equal(eager, got)
+    per_trajectory = 1 + 6 * HORIZON  # first obs, then (action, obs, rew, term, trunc, final)
+    terms = [x for i, x in enumerate(eager) if i % per_trajectory % 6 == 4]
+    assert torch.stack(terms).any()  # rows ended early and restarted from their spares
+
+
+@pytest.mark.parametrize("spares", ["fresh", "shared"])
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_captured_buffers_change_no_trajectory(name, spares):
+    """The CUDA-graph code path (static inputs, in-place state, outputs overwritten by the next
+    call), simulated on CPU, gives bitwise the trajectories of the plain eager path."""
+    world = _world(name)
+    eager = _trajectories(world, spares=spares, n=2)
+    assert _equal(eager, _trajectories(world, graphs="simulate", spares=spares, n=2))
+
+
+def test_shared_spares_restart_from_their_own_context():
+    world = BanditWorld(end_prob=0.0)
+    dream = DreamEnv(world, random_store(), num_envs=4, horizon=2, device="cpu", spares="shared")
+    first, info = dream.reset()
+    assert info["next_context_obs"] is info["context_obs"]
+    assert info["next_context_mask"] is info["context_mask"]
+    assert dream.starts_per_reset == 4
+    for _ in range(2):
+        obs, *_ = dream.step(torch.zeros(4, dtype=torch.long))
+    assert torch.equal(obs, first)  # truncated at the horizon: back to the start
+
+
+def test_captured_call_semantics():
+    """Static outputs are overwritten by the next call; a state passed back as it came out is
+    not copied; nested calls run inline; Python values are part of the key."""
+    calls = []
+
+    def fn(x, scale):
+        calls.append(scale)
+        return {"y": x * scale, "x": x.add_(1)}
+
+    cap = CapturedCall(fn, mode="simulate", warmup=1)
+    x = torch.zeros(2)
+    first = cap(x, 2.0)  # warm-up: eager, its own tensors
+    x = first["x"]
+    kept = cap(x, 2.0)  # capture
+    y1 = kept["y"].clone()
+    again = cap(kept["x"], 2.0)  # the static input itself: no copy, updated in place
+    assert again is kept and not torch.equal(kept["y"], y1)  # overwritten, as by a replay
+    assert torch.equal(again["x"], torch.full((2,), 3.0))
+    cap(torch.zeros(2), 3.0)  # another Python value: another key (warm-up)
+    assert cap.captures == 1 and calls == [2.0, 2.0, 2.0, 3.0]
+
+    outer = CapturedCall(lambda v: cap(v, 5.0)["y"] + 1, mode="simulate", warmup=0)
+    assert torch.equal(outer(torch.ones(2)), torch.full((2,), 6.0))  # 1 * 5 + 1
+    assert cap.captures == 1  # the inner call ran inline
+
+
+def test_worlds_that_do_not_declare_capture_are_refused():
+    with pytest.raises(ValueError, match="cannot be captured: it does not declare"):
+        DreamEnv(BanditWorld(), random_store(), num_envs=2, horizon=2, device="cpu",
+                 graphs="simulate")  # fmt: skip
+
+
+def test_cuda_graphs_setting():
+    cpu = torch.device("cpu")
+    assert not graphs_enabled("auto", cpu) and not graphs_enabled("off", cpu)
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        graphs_enabled("on", cpu)
+    with pytest.raises(UserError, match="auto, on or off"):
+        graphs_enabled("yes", cpu)
+
+
+def _train(name, graphs, steps=4, lr=None):
+    world = _world(name).train()
+    torch.manual_seed(0)
+    logs = []
+    for stage in world.stages().values():
+        training = dataclasses.replace(stage.training, batch_size=2, warmup_steps=2)
+        if lr is not None:
+            training = dataclasses.replace(training, lr=lr)
+        trainer = StageTrainer(
+            dataclasses.replace(stage, training=training), _store(), torch.device("cpu"),
+            seed=0, graphs=graphs,
+        )  # fmt: skip
+        logs.append(trainer.train(steps))
+    return world, logs
+
+
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_graphed_stage_steps_train_like_eager_ones(name):
+    """Each stage's whole step (loss, backward, clipping, fused AdamW with the learning rate as
+    a tensor) through the captured code path: the same weights as eager steps, up to the
+    rounding of the fused optimizer."""
+    eager, eager_logs = _train(name, False)
+    graphed, graphed_logs = _train(name, "simulate")
+    for (k, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(eager_logs, graphed_logs, strict=True):
+        assert a.keys() == b.keys()
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("graphs", [False, "simulate"])
+def test_non_finite_steps_change_nothing(graphs):
+    """A step whose loss is not finite leaves every weight and the optimizer state as they were
+    (on the device, with no host check, in the captured step), and the logs count it."""
+    from worldmodels.training import StageTraining, Updater
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    up = Updater(net, StageTraining(lr=1e-2, warmup_steps=0), torch.device("cpu"), graphs=graphs)
+    x = torch.randn(5, 3)
+
+    def loss_fn(batch):
+        loss = net(batch).square().mean()
+        return loss, {"loss": loss.detach()}
+
+    for _ in range(3):
+        up.update(loss_fn, x)
+    before = [p.detach().clone() for p in net.parameters()]
+    state_before = {k: v.clone() for k, v in up.optimizer.state[net.weight].items()}
+    logs = [up.update(loss_fn, x.clone().fill_(float("nan"))) for _ in range(3)]
+    assert [entry["nonfinite"] for entry in logs] == [1.0, 1.0, 1.0]
+    assert up.skipped == 3 and up.skipped_in_a_row == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    for key, value in up.optimizer.state[net.weight].items():
+        assert torch.equal(value, state_before[key]), key
+    assert up.update(loss_fn, x)["nonfinite"] == 0.0 and up.skipped_in_a_row == 0
+    assert not torch.equal(before[0], net.weight)
+
+
+def _agent_updates(graphs, n=3):
+    world = _world("diffusion")
+    torch.manual_seed(0)
+    agent = _agent().train()
+    agent.config = dataclasses.replace(agent.config, num_envs=3, horizon=HORIZON)
+    dream = DreamEnv(world, _store(), num_envs=3, horizon=HORIZON, device="cpu", seed=1,
+                     graphs=graphs)  # fmt: skip
+    logs = [agent.train_in_imagination(dream) for _ in range(n)]
+    return agent, logs
+
+
+def test_graphed_agent_update_trains_like_the_eager_one():
+    """The actor-critic's whole update (rollout from sampled contexts, loss, backward, optimizer
+    step) through the captured code path gives the eager update's weights and logs."""
+    eager, eager_logs = _agent_updates(None)
+    graphed, graphed_logs = _agent_updates("simulate")
+    for a, b in zip(eager.parameters(), graphed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(eager_logs, graphed_logs, strict=True):
+        assert a["return_mean"] == pytest.approx(b["return_mean"], rel=1e-5, abs=1e-6)
+    assert graphed._updater.graphs == "simulate" and graphed._updater._captured.captures == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_give_the_eager_results_on_cuda():
+    """On CUDA, captured (replayed) imagination and updates against eager ones under the same
+    seeds, within bf16 tolerance."""
+    device = torch.device("cuda")
+    results = {}
+    for graphs in (None, "cuda"):
+        torch.manual_seed(0)
+        cfg = C.resolve(env="Breakout", world="diffusion", preset="smoke")
+        world = build_world(cfg.world, ENV, device=device).eval()
+        agent = _agent().to(device).train()
+        agent.config = dataclasses.replace(agent.config, num_envs=8, horizon=HORIZON)
+        dream = DreamEnv(world, _store(), num_envs=8, horizon=HORIZON, device=device, seed=1,
+                         amp=True, graphs=graphs)  # fmt: skip
+        logs = []
+        for _ in range(4):
+            torch.cuda.manual_seed(1)
+            logs.append(agent.train_in_imagination(dream))
+        results[graphs] = ([p.detach().float().cpu() for p in agent.parameters()], logs)
+    (pa, la), (pb, lb) = results[None], results["cuda"]
+    for a, b in zip(pa, pb, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+    for a, b in zip(la, lb, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=5e-2, abs=1e-3)
