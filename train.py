@@ -18,6 +18,7 @@ from worldmodels.cli import (
     add_config_flags,
     choices_epilog,
     overrides_from,
+    precision_choice,
     run_main,
     setup_process,
     use_amp,
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
             {
                 "argv": sys.argv,
                 "device": str(device),
+                "precision": precision_choice(cfg.run, device)[1],
                 "env_spec": schedule.env_spec,
                 "versions": ver,
             }

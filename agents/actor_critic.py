@@ -232,16 +232,26 @@ class ActorCritic(nn.Module):
         else:
             state = spare = self.initial_state(b, obs.device)
 
-        logps, values, entropies, rews, ends, truncs, boots = [], [], [], [], [], [], []
-        for _ in range(cfg.horizon):
+        # V of what follows step t in its trajectory, from its continuing state: for a row that
+        # goes on, the value the next step computes anyway; after an end, nothing (it is
+        # discounted to 0); after a truncation, the value of the final observation, which needs
+        # its own forward pass. Trajectories of the dream's horizon, started together by the
+        # reset, are truncated at the last step only (restarted ones start counting at 0).
+        truncated_early = getattr(dream, "horizon", cfg.horizon) < cfg.horizon
+        logps, values, entropies, rews, ends, truncs = [], [], [], [], [], []
+        boots: list[Any] = []  # Tensor, None (the next value) or (where, Tensor)
+        for t in range(cfg.horizon):
             logits, value, state = self(obs, state)  # (B, A), (B,)
             action = sample_categorical(logits.detach())  # global torch RNG, no host sync
             next_obs, rew, end, trunc, step_info = dream.step(action)
             done = end | trunc
-            with torch.no_grad():
-                # V of what follows this step in this trajectory, from its continuing state.
-                last = torch.where(done.view(b, 1, 1, 1), step_info["final_obs"], next_obs)
-                _, boot, _ = self(last, (state[0].detach(), state[1].detach()))
+            boot = None  # the next step's value
+            if truncated_early or t == cfg.horizon - 1:
+                with torch.no_grad():
+                    last = torch.where(done.view(b, 1, 1, 1), step_info["final_obs"], next_obs)
+                    _, boot, _ = self(last, (state[0].detach(), state[1].detach()))
+                if t < cfg.horizon - 1:
+                    boot = (trunc, boot)  # only where truncated; the next value elsewhere
             d = done.view(b, 1)
             state = (torch.where(d, spare[0], state[0]), torch.where(d, spare[1], state[1]))
             logps.append(categorical_log_prob(logits, action))
@@ -253,6 +263,9 @@ class ActorCritic(nn.Module):
             boots.append(boot)
             obs = next_obs
 
+        for t, boot in enumerate(boots[:-1]):
+            nxt = values[t + 1].detach()
+            boots[t] = nxt if boot is None else torch.where(boot[0], boot[1], nxt)
         logp, value, entropy = (torch.stack(x, dim=1) for x in (logps, values, entropies))
         rew, end, trunc, boot = (torch.stack(x, dim=1) for x in (rews, ends, truncs, boots))
         with torch.no_grad():

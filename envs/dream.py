@@ -106,18 +106,22 @@ def _clone(state: dict[str, Any]) -> dict[str, Any]:
 
 
 class _ContextInfo(dict):
-    """``reset()``'s info: the agent's view of the context frames is computed on first access."""
+    """``reset()``'s info: the agent's view of the context frames is computed on first access
+    (the last frame's is the first observation, which the world returned already)."""
 
-    def __init__(self, view: Callable[[Tensor], Tensor], raw: dict[str, Tensor], **items) -> None:
+    def __init__(
+        self, view: Callable[[Tensor], Tensor], raw: dict[str, tuple[Tensor, Tensor]], **items
+    ) -> None:
         super().__init__(**items)
-        self._view, self._raw = view, raw
+        self._view, self._raw = view, raw  # name -> (context frames, first observation)
 
     def _fill(self, key: str) -> None:
         if key in self._raw and not dict.__contains__(self, key):
-            obs = self._raw[key]
+            obs, first = self._raw[key]
             n, t = obs.shape[:2]
-            seen = self._view(obs.flatten(0, 1)).unflatten(0, (n, t))
-            for k, v in self._raw.items():  # the same tensor under both names (shared spares)
+            before = self._view(obs[:, :-1].flatten(0, 1)).unflatten(0, (n, t - 1))
+            seen = torch.cat((before, first[:, None]), dim=1)  # (N, T, C, H, W)
+            for k, (v, _) in self._raw.items():  # the same tensor under both names (shared)
                 if v is obs:
                     dict.__setitem__(self, k, seen)
 
@@ -173,7 +177,8 @@ class DreamEnv:
             mode = graphs
 
             def capture(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-                return CapturedCall(fn, mode=mode, name=name)  # type: ignore[arg-type]
+                # the state, the spares and the step counts are this env's own: donated
+                return CapturedCall(fn, mode=mode, name=name, donate=(0, 1, 2, 3))  # type: ignore[arg-type]
 
         self.read_done_on_host = self.device.type == "cpu" and capture is None
         """Check on the host whether any row finished and skip the row swap if none did: free
@@ -249,7 +254,9 @@ class DreamEnv:
         }
         raw = {"context_obs": first["obs"], "next_context_obs": spare_ctx["obs"]}
         if self.view is not None and self.observe == "pixels":
-            return obs[:b].clone(), _ContextInfo(self._view, raw, **info)
+            firsts = {"context_obs": obs[:b], "next_context_obs": self._spare_obs}
+            views = {k: (v, firsts[k]) for k, v in raw.items()}
+            return obs[:b].clone(), _ContextInfo(self._view, views, **info)
         return obs[:b].clone(), {**info, **raw}
 
     def _view(self, frames: Tensor) -> Tensor:

@@ -253,3 +253,62 @@ def test_imagination_loss_gradients_reach_every_parameter(burn_in):
     loss.backward()
     for name, p in agent.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def _reference_loss(agent, dream):
+    """The imagination loss the slow way: an extra forward pass after every step for the value
+    of what follows it (the final observation where the row finished), nothing reused."""
+    from worldmodels.nn.sampling import categorical_log_prob, sample_categorical
+
+    cfg = agent.config
+    obs, info = dream.reset()
+    b = obs.shape[0]
+    both_obs = torch.cat((info["context_obs"], info["next_context_obs"]))[:, :-1]
+    both_mask = torch.cat((info["context_mask"], info["next_context_mask"]))[:, :-1]
+    h, c = agent.burn_in(both_obs, both_mask)
+    state, spare = (h[:b], c[:b]), (h[b:], c[b:])
+    logps, values, rews, ends, truncs, boots = [], [], [], [], [], []
+    for _ in range(cfg.horizon):
+        logits, value, state = agent(obs, state)
+        action = sample_categorical(logits.detach())
+        next_obs, rew, end, trunc, step_info = dream.step(action)
+        done = end | trunc
+        with torch.no_grad():
+            last = torch.where(done.view(b, 1, 1, 1), step_info["final_obs"], next_obs)
+            boots.append(agent(last, state)[1])
+        d = done.view(b, 1)
+        state = (torch.where(d, spare[0], state[0]), torch.where(d, spare[1], state[1]))
+        logps.append(categorical_log_prob(logits, action))
+        values.append(value)
+        rews.append(rew)
+        ends.append(end)
+        truncs.append(trunc)
+        obs = next_obs
+    stack = [torch.stack(x, dim=1) for x in (logps, values, rews, ends, truncs, boots)]
+    logp, value, rew, end, trunc, boot = stack
+    returns = lambda_returns(rew, end, trunc, boot, cfg.gamma, cfg.lambda_)
+    return returns, value
+
+
+@pytest.mark.parametrize("dream_horizon", [8, 3])
+def test_bootstrap_values_reuse_the_next_steps_value(dream_horizon):
+    """The lambda returns equal those with a separate value pass after every step (rows that
+    end, restart, or are truncated by a dream horizon shorter than the agent's)."""
+    cfg = tiny_config(horizon=8, num_envs=6)
+    agent = ActorCritic(cfg, SMALL_ENV, seed=1)
+    torch.nn.init.normal_(agent.critic.weight, std=0.5)  # a value that depends on the state
+    world = BanditWorld(obs_shape=SMALL_ENV.obs_shape, end_prob=0.2)
+    store = random_store(obs_shape=SMALL_ENV.obs_shape)
+    got = {}
+    for name in ("fast", "reference"):
+        dream = DreamEnv(world, store, num_envs=6, horizon=dream_horizon, device="cpu", seed=2)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            if name == "fast":
+                _, logs = agent.imagination_loss(dream)
+                got[name] = logs["return_mean"], logs["value_mean"]
+            else:
+                returns, value = _reference_loss(agent, dream)
+                got[name] = returns.mean(), value.mean()
+    assert torch.equal(got["fast"][1], got["reference"][1])  # the same trajectories
+    torch.testing.assert_close(got["fast"][0], got["reference"][0], rtol=0, atol=0)

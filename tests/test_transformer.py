@@ -525,6 +525,10 @@ def test_imagination_reads_nothing_back(monkeypatch):
     def read_back(*args, **kwargs):
         raise AssertionError("host synchronisation")
 
+    import worldmodels.nn.transformer as gpt_module
+
+    monkeypatch.setattr(gpt_module, "CPU_READS_FILLED_SLOTS", False)  # the CPU-only shortcut
+
     for name in ("item", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, read_back)
     monkeypatch.setattr(torch, "nonzero", read_back)

@@ -111,11 +111,23 @@ def setup_process(run: C.RunConfig) -> torch.device:
     return device
 
 
+_PRECISION: dict[tuple[str, str], tuple[bool, dict]] = {}
+
+
+def precision_choice(run: C.RunConfig, device: torch.device) -> tuple[bool, dict]:
+    """``(bf16 autocast?, record)`` for ``run.precision`` on ``device`` (probed once per process:
+    see ``worldmodels.precision``)."""
+    key = (run.precision, str(device))
+    if key not in _PRECISION:
+        from worldmodels.precision import choose_precision
+
+        _PRECISION[key] = choose_precision(run.precision, device)
+    return _PRECISION[key]
+
+
 def use_amp(run: C.RunConfig, device: torch.device) -> bool:
-    """bf16 autocast? ``auto``: on CUDA only, so CPU runs stay bitwise repeatable in fp32."""
-    if run.precision == "auto":
-        return device.type == "cuda"
-    return run.precision == "bf16"
+    """bf16 autocast? ``auto``: on CUDA, and on CPUs where bf16 is faster (AMX, probed)."""
+    return precision_choice(run, device)[0]
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv=None) -> int:

@@ -11,7 +11,10 @@ key is captured once).
 
 How a replay sees its inputs: the graph reads fixed *static* input tensors, so each call copies
 its tensors into them, except a tensor that already is the static one (a state carried from call
-to call in place costs no copy). Its outputs are fixed static tensors too, overwritten by the
+to call in place costs no copy). The static inputs are copies of the capturing call's tensors,
+except for the arguments the caller *donates* (``donate``: their positions): those tensors
+themselves become the static inputs, to be overwritten by later calls' copies (a state or spares
+that only the caller holds, and that change only at a reset, then cost no copy per call). Its outputs are fixed static tensors too, overwritten by the
 next replay: a caller that keeps an output across calls clones it. The first ``warmup`` calls of
 each key run eagerly (on a side stream, as CUDA graph capture requires), and are real calls.
 
@@ -88,7 +91,7 @@ class CapturedCall:
 
     def __init__(
         self, fn: Callable[..., Any], *, mode: Mode = "cuda", warmup: int = 2,
-        name: str = "", pool: Any = None,
+        name: str = "", pool: Any = None, donate: tuple[int, ...] = (),
     ) -> None:  # fmt: skip
         if mode not in ("cuda", "simulate"):
             raise ValueError(f"mode must be 'cuda' or 'simulate', got {mode!r}")
@@ -97,6 +100,7 @@ class CapturedCall:
         self.warmup = max(0, warmup)
         self.name = name or getattr(fn, "__qualname__", "fn")
         self.pool = pool
+        self.donate = tuple(donate)
         self._entries: dict[tuple, _Entry] = {}
         self.captures = 0  # graphs captured so far (one per key)
         self.replays = 0
@@ -104,8 +108,9 @@ class CapturedCall:
     def __deepcopy__(self, memo: dict) -> CapturedCall:
         """A copy of the function, with no graph captured yet (graphs cannot be copied)."""
         return CapturedCall(
-            copy.deepcopy(self.fn, memo), mode=self.mode, warmup=self.warmup, name=self.name
-        )
+            copy.deepcopy(self.fn, memo), mode=self.mode, warmup=self.warmup, name=self.name,
+            donate=self.donate,
+        )  # fmt: skip
 
     def __call__(self, *args: Any) -> Any:
         if _inside:  # part of an enclosing captured function (e.g. a step inside an update)
@@ -119,7 +124,7 @@ class CapturedCall:
             entry.calls += 1
             return self._eager(args)
         if entry.static_out is None:
-            self._capture(entry, leaves, spec)
+            self._capture(entry, args, leaves, spec)
             if self.mode == "simulate":  # the capture ran fn once: that was this call
                 self.replays += 1
                 return entry.static_out
@@ -148,13 +153,12 @@ class CapturedCall:
         torch.cuda.current_stream().wait_stream(side)
         return out
 
-    def _capture(self, entry: _Entry, leaves: list[Any], spec: Any) -> None:
-        # Static inputs: the caller's tensors themselves where it will keep passing them (a
-        # state updated in place), fresh copies otherwise; decided per call by identity.
-        entry.static_in = [x.detach().clone() if isinstance(x, Tensor) else x for x in leaves]
-        for dst, src in zip(entry.static_in, leaves, strict=True):
-            if isinstance(src, Tensor) and src.requires_grad:
-                dst.requires_grad_(True)
+    def _capture(self, entry: _Entry, args: tuple, leaves: list[Any], spec: Any) -> None:
+        donated = {id(x) for i in self.donate if i < len(args) for x in tree_flatten(args[i])[0]}
+        entry.static_in = [
+            x.detach().clone() if isinstance(x, Tensor) and id(x) not in donated else x
+            for x in leaves
+        ]
         args = tree_unflatten(entry.static_in, spec)
         if self.mode == "cuda":
             entry.graph = torch.cuda.CUDAGraph()

@@ -5,6 +5,8 @@ passed through ``world.agent_view`` when the world defines one (IRIS's actor-cri
 tokenizer's reconstructions, as published). Feature agents get ``world.observe(...)``: the same
 features (``world.features``) the world gives them in imagination, computed from real frames (the
 VAE world: ``[z_t, h_t]``, the encoded frame and the MDN-RNN state after the previous action).
+An agent that declares ``uses_observations = False`` (the random agent) gets the raw frames: no
+world runs for it (collecting with it costs no tokenizer pass per frame).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class Observer:
 
     def __init__(self, agent: Any, world: Any, device: torch.device | str) -> None:
         check_observable(agent, world)
-        self.features = getattr(agent, "observes", "pixels") == "features"
+        used = getattr(agent, "uses_observations", True)
+        self.features = used and getattr(agent, "observes", "pixels") == "features"
         self.world = world
-        self.view = None if world is None else getattr(world, "agent_view", None)
+        self.view = None if world is None or not used else getattr(world, "agent_view", None)
         self.device = torch.device(device)
         self._state: Any = None
         self._prev_action: Tensor | None = None

@@ -25,6 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+CPU_READS_FILLED_SLOTS = True
+"""Eager calls on a CPU with a tensor-filled cache read the fill back (free there) to attend over
+the filled slots only; switched off, they run exactly the static computation (the tests that
+check that imagination reads nothing back)."""
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -139,12 +144,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(
         self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int | Tensor,
-        mask: Tensor | None, last: int | None = None,
+        mask: Tensor | None, last: int | None = None, read: int | None = None,
     ) -> Tensor:  # fmt: skip
         """``x (B, T, D)``; with ``kv`` (a layer of a cache holding ``start`` tokens) the new keys
         and values are written at ``start:start + T`` and the queries see all ``start + T``
         (``start`` a 0-dim tensor: written at those slots by ``index_copy_``, and the queries see
-        every slot of the buffers, ``mask`` saying which).
+        every slot of the buffers, or the first ``read``, ``mask`` saying which).
         ``last``: only the last ``last`` tokens' outputs are computed, ``(B, last, D)`` (the keys
         and values of all ``T`` still are).
         ``mask`` is ``attention_mask(...)`` (bool) or the same as an additive float mask (0 or
@@ -161,6 +166,8 @@ class CausalSelfAttention(nn.Module):
                 k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
                 v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
                 k, v = k_buf, v_buf  # (B, nh, max_tokens, hs)
+                if read is not None:
+                    k, v = k.narrow(2, 0, read), v.narrow(2, 0, read)  # (B, nh, read, hs)
             else:
                 k_buf.narrow(2, start, t).copy_(k)
                 v_buf.narrow(2, start, t).copy_(v)
@@ -205,9 +212,9 @@ class Block(nn.Module):
 
     def forward(
         self, x: Tensor, kv: tuple[Tensor, Tensor] | None, start: int | Tensor,
-        mask: Tensor | None, last: int | None = None,
+        mask: Tensor | None, last: int | None = None, read: int | None = None,
     ) -> Tensor:  # fmt: skip
-        y = self.attn(self.ln1(x), kv, start, mask, last)
+        y = self.attn(self.ln1(x), kv, start, mask, last, read)
         if last is not None:
             x = x[:, x.shape[1] - y.shape[1] :]  # the last tokens only
         x = x + y
@@ -276,6 +283,7 @@ class GPT(nn.Module):
     ) -> Tensor:
         b, t, _ = x.shape
         start: int | Tensor
+        read = None  # slots of a tensor-filled cache the attention reads: all of them
         if cache is None:
             if t > self.cfg.max_tokens:
                 raise ValueError(f"{t} tokens exceed max_tokens={self.cfg.max_tokens}")
@@ -286,6 +294,16 @@ class GPT(nn.Module):
                 raise ValueError(f"cache has {cache.k.shape[0]} rows, the input {b}")
             start = cache.size
             mask = _slot_mask(cache, start, t, valid)
+            if (
+                CPU_READS_FILLED_SLOTS
+                and start.device.type == "cpu"
+                and not torch.compiler.is_compiling()
+            ):
+                # Eager on a CPU, reading the fill is free, and the attention of a few new
+                # tokens is bound by the bytes of keys and values it reads: only the filled
+                # slots (the masked ones would add exact zeros).
+                read = int(start) + t
+                mask = mask[..., :read]
         else:
             start = cache.size
             if start + t > cache.max_tokens:
@@ -309,7 +327,7 @@ class GPT(nn.Module):
             x = self.drop(x)
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else cache.layer(i)
-            x = block(x, kv, start, mask, last if i == len(self.blocks) - 1 else None)
+            x = block(x, kv, start, mask, last if i == len(self.blocks) - 1 else None, read)
         if cache is not None:
             cache.size = start + t
         return self.ln_f(x)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU check of the hot loops, prepared to run once in under 8 minutes on an H100/H200:
+#   1. the same-results test (CUDA graphs on vs off, tests/test_graphs.py);
+#   2. both worlds at their published sizes (agent batch and every stage batch as configured),
+#      eager and replayed from CUDA graphs side by side, with FLOPs, MFU and the projected
+#      duration of a full Atari 100k run;
+#   3. a summary against the targets (bench/gpu_summary.py).
+# Everything goes to $OUT (default bench/gpu_check_out): logs, one JSON per world, summary.txt.
+#
+#   bench/gpu_check.sh                      # on the GPU machine, dependencies installed
+#   DEVICE=cpu PRESET=smoke bench/gpu_check.sh   # a CPU dry run of the plumbing (minutes)
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/gpu_check_out}
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-atari100k}
+STEPS=${STEPS:-5}
+mkdir -p "$OUT"
+start=$(date +%s)
+{
+  echo "gpu_check $(date -u +%FT%TZ) device=$DEVICE preset=$PRESET"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+} 2>&1 | tee "$OUT/env.txt"
+
+if [ "$DEVICE" = cuda ]; then
+  echo "== same results: graphs on vs off (CUDA)"
+  timeout 150 $PY -m pytest -q -p no:cacheprovider -p no:logging tests/test_graphs.py \
+    -k "cuda" 2>&1 | tail -20 | tee "$OUT/same_results.txt"
+fi
+
+for world in diffusion iris; do
+  echo "== $world: eager vs graphs at the published sizes"
+  timeout 200 $PY bench/world_speed.py --world "$world" --preset "$PRESET" --device "$DEVICE" \
+    --batch-size 0 --stage-batch-size 0 --graphs both --steps "$STEPS" \
+    --out "$OUT/$world.json" > "$OUT/$world.txt" 2> "$OUT/$world.err"
+  echo "exit $? after $(( $(date +%s) - start )) s"; tail -3 "$OUT/$world.err"
+done
+
+$PY bench/gpu_summary.py "$OUT"/diffusion.json "$OUT"/iris.json | tee "$OUT/summary.txt"
+echo "gpu_check done in $(( $(date +%s) - start )) s"
