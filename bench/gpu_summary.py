@@ -29,7 +29,7 @@ def summarize(d: dict) -> list[str]:
     world = d.get("world", "?")
     lines = [
         f"## {world} on {d.get('device_name')} ({d.get('precision')}, graphs: "
-        f"{d.get('graphs_mode')}; peak {d.get('peak_tflops', 0):.0f} TFLOP/s, "
+        f"{d.get('graphs_mode')}; peak {d.get('peak_tflops', 0):.3g} TFLOP/s, "
         f"{d.get('peak_source')})",
         f"{'part':<14} {'batch':>6} {'eager s':>9} {'graphs s':>9} {'speed-up':>8} "
         f"{'TFLOP/s':>8} {'MFU':>6}",
