@@ -27,7 +27,7 @@ from worldmodels.runs import RunDir
 from worldmodels.scores import human_normalized
 from worldmodels.seeding import derive_seed, global_rng_state, set_global_rng_state
 from worldmodels.tb import Rate, TBLogger, progress
-from worldmodels.training import NonFiniteTraining, StageTrainer, autocast, check_nonfinite
+from worldmodels.training import StageTrainer, autocast, check_nonfinite
 
 
 def _seconds(fn: Callable[[Any], Any], arg: Any) -> float:
