@@ -390,7 +390,11 @@ class OnlineSchedule:
         s, c = self.cfg.schedule, self.counters
         if not c.initial_collect_done:
             return True
-        return c.epoch < s.epochs and c.env_steps < s.env_steps_budget and s.collect_steps_per_epoch > 0
+        return (
+            c.epoch < s.epochs
+            and c.env_steps < s.env_steps_budget
+            and s.collect_steps_per_epoch > 0
+        )
 
     def _check_episodes(self, path: Any, meta: dict[str, Any]) -> None:
         """Replay must hold every episode the checkpoint counted, each file unchanged."""
