@@ -21,6 +21,7 @@ and DIAMOND scores on the same games and writes table.json; see ``worldmodels/ag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -247,6 +248,12 @@ def main(argv=None) -> int:
         return compare_main(args)
     if args.table:
         return table_main(args)
+    with contextlib.ExitStack() as stack:  # holds the run's lock until the end
+        return evaluate_main(args, stack)
+
+
+def evaluate_main(args, stack: contextlib.ExitStack) -> int:
+    """Real test episodes of a run's checkpoint, or of a named agent, -> results.json."""
     from worldmodels.build import build_world_and_agent, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes
@@ -260,14 +267,13 @@ def main(argv=None) -> int:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
     if args.num_envs is not None and args.num_envs < 1:
         raise UserError(f"--num-envs must be at least 1, got {args.num_envs}")
-    lock = None
     if args.run:
         if args.env or args.agent or args.overrides:
             raise UserError(
                 "a run directory brings its own env and agent: drop --env/--agent/--set"
             )
         run = RunDir.open(args.run)
-        lock = run.lock(f"evaluate.py {run.root}")  # results.json and TensorBoard are written
+        stack.callback(run.lock(f"evaluate.py {run.root}").release)  # it writes results.json
         load_run_plugins(run.config, args)
         cfg = C.load_run_config(run.config)
         tree = C.to_dict(cfg)
@@ -313,10 +319,13 @@ def main(argv=None) -> int:
     env = env_factory(cfg.env)("test", num_envs)
     logger = None
     try:
-        world, agent = build_world_and_agent(
-            cfg.world, cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
-            channels_last=cfg.run.channels_last,
-        )  # fmt: skip
+        try:
+            world, agent = build_world_and_agent(
+                cfg.world, cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
+                channels_last=cfg.run.channels_last,
+            )  # fmt: skip
+        except ValueError as exc:  # a component refusing its settings or its env
+            raise UserError(f"cannot build the world and agent: {exc}") from None
         modules = {"agent": agent}
         if world is not None:  # features or the world's view of frames may feed the agent
             modules["world"] = world.eval()
@@ -326,7 +335,7 @@ def main(argv=None) -> int:
             step = int(meta.get("counters", {}).get("env_steps", 0))
         if not args.run:
             run = RunDir.create(run.root)
-            lock = run.lock("evaluate.py")
+            stack.callback(run.lock("evaluate.py").release)
             run.write_config(C.dump(cfg))
         logger = TBLogger(str(run.tb))
         agent.eval()
@@ -381,8 +390,6 @@ def main(argv=None) -> int:
         env.close()
         if logger is not None:
             logger.close()
-        if lock is not None:
-            lock.release()
     print(summary_line(record))
     print(f"wrote {run.results}")
     return 0

@@ -34,7 +34,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from worldmodels.errors import UserError, choices
+from worldmodels.errors import DiskFull, UserError, choices
 from worldmodels.fileio import atomic_write_text, fsync_dir, write_synced
 
 FORMAT_VERSION = 1
@@ -141,6 +141,9 @@ def save_checkpoint(
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_dir(directory)
+    except DiskFull as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(final / exc.path.name) from None  # name it where it was going
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

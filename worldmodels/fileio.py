@@ -23,8 +23,9 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NO_SPACE
 
 
-def _write_all(f, data: bytes) -> None:
-    """Write, flush and fsync: the one place file contents reach the disk (tests patch it)."""
+def _write_all(f, data: bytes, path: Path) -> None:
+    """Write, flush and fsync ``data`` meant for ``path``: the one place file contents reach
+    the disk (tests patch it to fill the disk)."""
     f.write(data)
     f.flush()
     os.fsync(f.fileno())
@@ -36,7 +37,7 @@ def write_synced(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
         with open(path, "wb") as f:
-            _write_all(f, data)
+            _write_all(f, data, path)
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFull(path) from None
@@ -51,7 +52,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            _write_all(f, data)
+            _write_all(f, data, path)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import sys
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,28 +170,20 @@ class EpisodeBuilder:
         return list(self._act)
 
 
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # a fixed member date, so equal episodes give equal files
-
-
 def _encode_episode(episode: Episode) -> bytes:
-    """The ``.npz`` bytes of an episode (what ``np.savez_compressed`` writes, minus the
-    timestamps: equal episodes encode to equal bytes, so their sha256 identifies them)."""
-    arrays = {
-        "version": np.int64(_FORMAT_VERSION),
-        "obs": episode.obs,
-        "act": episode.act,
-        "rew": episode.rew,
-        "end": np.bool_(episode.end),
-        "trunc": np.bool_(episode.trunc),
-        "info": np.array(json.dumps(episode.info)),  # a unicode scalar: loads without pickle
-    }
+    """The ``.npz`` bytes of an episode. Equal episodes encode to equal bytes (numpy gives every
+    zip member the same fixed date), so a file's sha256 identifies its episode."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key, value in arrays.items():
-            member = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
-            member.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(member, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    np.savez_compressed(
+        buf,
+        version=np.int64(_FORMAT_VERSION),
+        obs=episode.obs,
+        act=episode.act,
+        rew=episode.rew,
+        end=np.bool_(episode.end),
+        trunc=np.bool_(episode.trunc),
+        info=np.array(json.dumps(episode.info)),  # a unicode scalar: loads without pickle
+    )
     return buf.getvalue()
 
 

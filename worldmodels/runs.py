@@ -130,7 +130,7 @@ class RunDir:
 
     def lock(self, command: str) -> RunLock:
         """Take this run's lock for the life of the process (or until ``release``)."""
-        return RunLock(self.root / ".lock", command)
+        return RunLock(Path(self.root) / ".lock", command)
 
     def write_config(self, text: str) -> None:
         atomic_write_text(self.config, text)

@@ -258,6 +258,13 @@ class OnlineSchedule:
         n = self.agent.config.training.steps_in(self.counters.epoch + 1)
         if n == 0:
             return
+        broken = [name for name, t in self.stage_trainers.items() if t.updater.skipped_in_a_row]
+        if broken:  # the world's outputs are NaN or inf now: nothing to learn from its dreams
+            self.log(
+                f"epoch {self.counters.epoch + 1}: the agent does not train in imagination, "
+                f"the last update of {', '.join(broken)} was not finite"
+            )
+            return
         self.logger.scalars(self.agent_updates(n), self.counters.env_steps, prefix="agent/")
 
     def agent_updates(self, n: int) -> dict[str, float]:
