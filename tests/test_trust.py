@@ -320,3 +320,15 @@ def test_copied_run_can_be_moved_and_resumed(here, capsys):
     moved = Path(shutil.move(here / "runs" / "c", here / "elsewhere"))
     rc, out, err = call("train.py", "--resume", moved, capsys=capsys)
     assert rc == 0, err
+
+
+# ------------------------------------------------------------------ 5. a world always has data
+
+
+def test_a_world_gets_a_finished_episode_even_when_the_collection_is_too_short(here, capsys):
+    # The smoke preset collects 200 steps on 2 envs; no Pong game ends that fast.
+    rc, out, err = call("train.py", "--world", "vae", "--preset", "smoke", "--env", "Pong",
+                        "--name", "pong", "--set", "run.progress=false", capsys=capsys)  # fmt: skip
+    assert rc == 0, err
+    assert "no episode of Pong finished in the 200 steps collected so far" in out
+    assert json.loads((here / "runs" / "pong" / "results.json").read_text())["game"] == "Pong"
