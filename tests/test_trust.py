@@ -332,3 +332,49 @@ def test_a_world_gets_a_finished_episode_even_when_the_collection_is_too_short(h
     assert rc == 0, err
     assert "no episode of Pong finished in the 200 steps collected so far" in out
     assert json.loads((here / "runs" / "pong" / "results.json").read_text())["game"] == "Pong"
+
+
+# ------------------------------------------------------------------ 3. resume, in process
+
+
+def _episode_files(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "episodes").glob("ep_*.npz"))}
+
+
+def _older_checkpoint_only(here, capsys) -> tuple[Path, dict[str, bytes], int]:
+    """A finished run whose newest checkpoint was removed: the one before it counted fewer
+    episodes than replay holds, as after a kill."""
+    args = [*TINY, "--set", "schedule.epochs=6", "--set", "schedule.checkpoint_every=3",
+            "--set", "schedule.num_envs=1"]  # fmt: skip
+    rc, _, err = call("train.py", "--name", "o", *args, capsys=capsys)
+    assert rc == 0, err
+    run = here / "runs" / "o"
+    files = _episode_files(run)
+    shutil.rmtree(run / "checkpoints" / "epoch_000006")
+    (run / "results.json").unlink()
+    meta = json.loads((run / "checkpoints" / "epoch_000003" / "meta.json").read_text())
+    held = len(files) - meta["counters"]["replay_episodes"]
+    assert held > 0
+    return run, files, held
+
+
+def test_resume_from_an_older_checkpoint_plays_the_same_episodes_again(here, capsys):
+    run, files, held = _older_checkpoint_only(here, capsys)
+    rc, out, err = call("train.py", "--resume", run, capsys=capsys)
+    assert rc == 0, err
+    assert "resuming from epoch_000003" in out and f"({held} written after it" in out
+    assert _episode_files(run) == files  # met again one by one: no file added or rewritten
+
+
+def test_games_that_cannot_be_replayed_continue_on_a_fresh_stream(here, monkeypatch, capsys):
+    from worldmodels.collect import Collector
+
+    run, files, held = _older_checkpoint_only(here, capsys)
+    monkeypatch.setattr(Collector, "restore", lambda self, state, agent: "a simulated mismatch")
+    rc, out, err = call("train.py", "--resume", run, capsys=capsys)
+    assert rc == 0, err
+    assert "could not be brought back to epoch_000003 (a simulated mismatch)" in out
+    now = _episode_files(run)
+    assert all(now[name] == data for name, data in files.items())  # every episode kept ...
+    digests = [hashlib.sha256(data).hexdigest() for data in now.values()]
+    assert len(set(digests)) == len(digests)  # ... and none collected twice
