@@ -242,7 +242,9 @@ class Collector:
         finished by then (``store[first_episode:]``) and nothing after them in the store."""
         self.generator.set_state(state["generator"])
         self.seed = int(state.get("seed", self.seed))
-        if not state.get("started", False):
+        if "started" not in state:
+            return "the checkpoint does not record the games' actions (an older format)"
+        if not state["started"]:
             return None  # nothing was played yet: the first collect() starts from the seed
         if not state.get("restorable", False):
             return "the agent's state between steps is not plain data (tensors, lists, dicts)"

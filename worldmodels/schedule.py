@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -403,7 +404,7 @@ class OnlineSchedule:
             and s.collect_steps_per_epoch > 0
         )
 
-    def _check_episodes(self, path: Any, meta: dict[str, Any]) -> None:
+    def _check_episodes(self, path: Path, meta: dict[str, Any]) -> None:
         """Replay must hold every episode the checkpoint counted, each file unchanged."""
         recorded = meta.get("episodes") or {}
         count = int(self.counters.replay_episodes)
@@ -458,8 +459,9 @@ class OnlineSchedule:
         if saved_collector is not None and self.collection_left():
             problem = self.collector.restore(saved_collector, self.collect_agent())
         if problem is not None or (held and not self.collection_left()):
-            # The games cannot come back to the checkpoint: keep what replay holds, count it,
-            # and collect on from a seed that no earlier session of this run used.
+            # The games cannot come back to the checkpoint (or will not be played again): keep
+            # what replay holds, count its steps, and collect on from a seed of this session's
+            # own (it differs with the number of resumes and of episodes in replay).
             later = self.store.release_held()
             self.counters.env_steps += sum(len(e) for e in later)
             seed = derive_seed(self.cfg.run.seed, "collect", self.counters.resumes, len(self.store))
