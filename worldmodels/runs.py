@@ -154,9 +154,12 @@ class RunLock:
     a stale lock behind. Two opens of the file conflict even inside one process."""
 
     def __init__(self, path: Path, command: str) -> None:
-        import fcntl
-
         self.path = path
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no OS lock to take (documented in docs/runs.md)
+            return
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -171,7 +174,7 @@ class RunLock:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
-        self._fd: int | None = fd
+        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:

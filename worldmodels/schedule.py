@@ -457,6 +457,9 @@ class OnlineSchedule:
         where = path.name if path is not None else "the start (no checkpoint yet)"
         problem = None
         if saved_collector is not None and self.collection_left():
+            steps = int(saved_collector.get("vector_steps", 0))
+            if steps >= 10_000:  # a minute or so of emulation: say what the wait is
+                self.log(f"replaying the {steps:,} steps of the real games since their seed")
             problem = self.collector.restore(saved_collector, self.collect_agent())
         if problem is not None or (held and not self.collection_left()):
             # The games cannot come back to the checkpoint (or will not be played again): keep
