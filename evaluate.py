@@ -5,8 +5,9 @@
     python evaluate.py --compare runs/<a> runs/<b>       # worlds open loop on the same real data
     python evaluate.py --table runs/*                     # results aggregated beside IRIS, DIAMOND
 
-Results go to ``<run>/results.json`` (a previous one is kept under a timestamped name) and the
-returns plus one episode video to the run's TensorBoard.
+Results go to ``<run>/results.json`` (a previous one is kept as ``results.N.json``) and the
+returns plus one episode video to the run's TensorBoard. A run directory's recorded plugins are
+imported only when named again with ``--plugin`` (or with ``--trust-plugins``).
 
 ``--compare`` plays fresh real test-mode episodes with a random policy, starts every run's world
 from the same real contexts, steps it open loop with the same recorded actions and writes PSNR /
@@ -20,6 +21,7 @@ and DIAMOND scores on the same games and writes table.json; see ``worldmodels/ag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from worldmodels.cli import (
     Parser,
     add_config_flags,
     choices_epilog,
+    load_run_plugins,
     overrides_from,
     run_main,
     setup_process,
@@ -94,7 +97,7 @@ def compare_main(args) -> int:
         record_segments,
         write_comparison,
     )
-    from worldmodels.runs import RunDir, versions
+    from worldmodels.runs import RunDir, check_name, versions
     from worldmodels.seeding import derive_seed
     from worldmodels.tb import TBLogger
 
@@ -106,7 +109,16 @@ def compare_main(args) -> int:
                         ("--samples", args.samples)):  # fmt: skip
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.name is not None:
+        check_name(args.name)
+    run_cfg = C.from_dict(
+        C.RunConfig,
+        {"seed": 0 if args.seed is None else args.seed, "device": args.device or "auto"},
+        "run",
+    )
     runs = [RunDir.open(p) for p in args.compare]
+    for r in runs:
+        load_run_plugins(r.config, args)
     cfgs = [C.load_run_config(r.config) for r in runs]
     for run, cfg in zip(runs, cfgs, strict=True):
         if cfg.world is None:
@@ -136,11 +148,10 @@ def compare_main(args) -> int:
         "-".join(label[:40] for label in labels), time.strftime("%Y%m%d-%H%M%S")
     )
     out_root = Path(base.run.runs_dir) / name
-    if out_root.exists() and any(out_root.iterdir()):  # refuse before the work, not after
-        raise UserError(f"{out_root} already exists: pick another --name")
+    RunDir.check_creatable(out_root)  # refuse before the work, not after
 
-    seed = 0 if args.seed is None else args.seed
-    device = setup_process(C.RunConfig(seed=seed, device=args.device or "auto", threads=0))
+    seed = run_cfg.seed
+    device = setup_process(run_cfg)
     env = env_factory(base.env)("test", min(args.contexts, 8))
     try:
         info = env_info_of(env)
@@ -237,23 +248,33 @@ def main(argv=None) -> int:
         return compare_main(args)
     if args.table:
         return table_main(args)
+    with contextlib.ExitStack() as stack:  # holds the run's lock until the end
+        return evaluate_main(args, stack)
+
+
+def evaluate_main(args, stack: contextlib.ExitStack) -> int:
+    """Real test episodes of a run's checkpoint, or of a named agent, -> results.json."""
     from worldmodels.build import build_world_and_agent, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes
     from worldmodels.observe import Observer
-    from worldmodels.results import results_record, summary_line, write_results
+    from worldmodels.results import keep_previous, results_record, summary_line, write_results
     from worldmodels.runs import RunDir, versions
     from worldmodels.seeding import derive_seed
     from worldmodels.tb import TBLogger
 
     if args.episodes is not None and args.episodes < 1:
         raise UserError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.num_envs is not None and args.num_envs < 1:
+        raise UserError(f"--num-envs must be at least 1, got {args.num_envs}")
     if args.run:
         if args.env or args.agent or args.overrides:
             raise UserError(
                 "a run directory brings its own env and agent: drop --env/--agent/--set"
             )
         run = RunDir.open(args.run)
+        stack.callback(run.lock(f"evaluate.py {run.root}").release)  # it writes results.json
+        load_run_plugins(run.config, args)
         cfg = C.load_run_config(run.config)
         tree = C.to_dict(cfg)
         for key, value in (("seed", args.seed), ("device", args.device)):
@@ -268,33 +289,43 @@ def main(argv=None) -> int:
             raise UserError(
                 "give a run directory, or --agent NAME --env GAME (e.g. --agent random)"
             )
+        if args.checkpoint:
+            raise UserError(
+                "--checkpoint needs a run directory (evaluate.py RUN_DIR --checkpoint ..)"
+            )
         cfg = C.resolve(
             env=args.env,
             protocol=args.protocol,
             agent=args.agent,
             preset=args.preset,
             overrides=overrides_from(args),
+            plugins=args.plugin,
         )
         name = cfg.run.name or (
             f"eval-{cfg.env.game}-{cfg.agent.name}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
-        run = RunDir.create(Path(cfg.run.runs_dir) / name)
         tree = C.to_dict(cfg)
         tree["run"]["name"] = name
         cfg = C.build(tree)
-        run.write_config(C.dump(cfg))
+        run = RunDir(Path(cfg.run.runs_dir) / name)
+        RunDir.check_creatable(run.root)
         ckpt = None
 
+    # Settings and names are checked, the env and the agent built, before a new run directory
+    # is made: a failed start leaves nothing behind.
     device = setup_process(cfg.run)
     episodes = args.episodes or cfg.eval.episodes
     num_envs = max(1, min(args.num_envs or cfg.eval.num_envs, episodes))
     env = env_factory(cfg.env)("test", num_envs)
-    logger = TBLogger(str(run.tb))
+    logger = None
     try:
-        world, agent = build_world_and_agent(
-            cfg.world, cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
-            channels_last=cfg.run.channels_last,
-        )  # fmt: skip
+        try:
+            world, agent = build_world_and_agent(
+                cfg.world, cfg.agent, env_info_of(env), seed=cfg.run.seed, device=device,
+                channels_last=cfg.run.channels_last,
+            )  # fmt: skip
+        except ValueError as exc:  # a component refusing its settings or its env
+            raise UserError(f"cannot build the world and agent: {exc}") from None
         modules = {"agent": agent}
         if world is not None:  # features or the world's view of frames may feed the agent
             modules["world"] = world.eval()
@@ -302,6 +333,11 @@ def main(argv=None) -> int:
         if ckpt is not None:
             _, meta = load_checkpoint(ckpt, modules, map_location=device)
             step = int(meta.get("counters", {}).get("env_steps", 0))
+        if not args.run:
+            run = RunDir.create(run.root)
+            stack.callback(run.lock("evaluate.py").release)
+            run.write_config(C.dump(cfg))
+        logger = TBLogger(str(run.tb))
         agent.eval()
         spec = env.spec()
         ver = versions()
@@ -346,12 +382,14 @@ def main(argv=None) -> int:
             logger.scalar("evaluate/episode_return", ret, i)
         if result.video is not None:
             logger.video("evaluate/episode", result.video, step)
-        if run.results.exists():
-            run.results.rename(run.root / f"results.{time.strftime('%Y%m%d-%H%M%S')}.json")
+        kept = keep_previous(run.results)
+        if kept is not None:
+            print(f"the previous results are kept in {kept}")
         write_results(run.results, record)
     finally:
         env.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     print(summary_line(record))
     print(f"wrote {run.results}")
     return 0

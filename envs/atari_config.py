@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from worldmodels.checks import at_least, in_range
+
 
 @dataclass(frozen=True)
 class AtariConfig:
@@ -41,6 +43,11 @@ class AtariConfig:
     backend: Literal["auto", "vector", "python"] = "auto"
     """``vector``: ale-py's threaded C++ vector env; ``python``: per-game ALE in Python (needed for
     ``resize_then_max``); ``auto`` picks ``vector`` wherever it implements the protocol."""
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "frame_skip", "size", "max_episode_frames")
+        at_least(self, 0, "noop_max")
+        in_range(self, 0.0, 1.0, "sticky_action_prob")
 
     def protocol_values(self) -> dict:
         """The fields that define the protocol (not the game or the backend): runs may be compared

@@ -321,5 +321,5 @@ def test_bad_inputs():
         env.reset()
     with pytest.raises(UserError, match="mode"):
         make(1, "eval")
-    with pytest.raises(UserError, match="frame_skip"):
+    with pytest.raises(ValueError, match="frame_skip must be >= 1"):  # AtariConfig checks itself
         make(1, frame_skip=0)

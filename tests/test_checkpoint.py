@@ -1,13 +1,22 @@
-"""Checkpoints: round trip of weights, optimizer, RNG and counters; corrupt files are UserErrors."""
+"""Checkpoints: round trip of weights, optimizer, RNG and counters; corrupt files are UserErrors;
+NaN never written; a damaged checkpoint reported, never deleted; a full disk names the file."""
 
+import errno
 import json
+import shutil
 
 import pytest
 import torch
 from torch import nn
 
-from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from worldmodels.errors import UserError
+from worldmodels import fileio
+from worldmodels.checkpoint import (
+    NonFiniteCheckpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from worldmodels.errors import DiskFull, UserError
 from worldmodels.seeding import global_rng_state, seed_everything, set_global_rng_state
 
 
@@ -135,3 +144,81 @@ def test_missing_and_mismatched(tmp_path):
     with pytest.raises(UserError, match="state.pt is missing"):
         load_checkpoint(path, {"agent": Tiny()})
     assert json.loads((path / "meta.json").read_text())["format_version"] == 1
+
+
+def _save(directory, name, model, state=None, keep=2):
+    return save_checkpoint(directory, name, modules={"agent": model}, state=state or {}, meta={},
+                           keep=keep)  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["weights", "state"])
+def test_nan_is_never_checkpointed_and_the_last_good_one_survives_rotation(tmp_path, where):
+    model, opt = _trained()
+    _save(tmp_path, "epoch_000001", model, keep=1)
+    if where == "weights":
+        with torch.no_grad():
+            model.lin.weight[0, 0] = float("nan")
+        state = {}
+    else:
+        state = {"optim": opt.state_dict(), "bad": [torch.tensor([1.0, float("inf")])]}
+    with pytest.raises(NonFiniteCheckpoint, match="tensors hold NaN or inf") as err:
+        _save(tmp_path, "epoch_000002", model, state, keep=1)
+    assert ("agent.lin.weight" if where == "weights" else "state.bad.0") in str(err.value)
+    assert "epoch_000001" in str(err.value)  # the one that stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000001", "latest"]
+    assert latest_checkpoint(tmp_path).name == "epoch_000001"
+
+
+def test_checksums_catch_a_flipped_byte_in_either_file(tmp_path):
+    for fname in ("weights.safetensors", "state.pt"):
+        path = _saved(tmp_path / fname)
+        meta = json.loads((path / "meta.json").read_text())
+        assert set(meta["files"]) == {"weights.safetensors", "state.pt"}
+        data = bytearray((path / fname).read_bytes())
+        data[len(data) // 2] ^= 1
+        (path / fname).write_bytes(bytes(data))
+        with pytest.raises(UserError, match=f"{fname} is corrupt: its sha256 differs"):
+            load_checkpoint(path, {"agent": Tiny()})
+
+
+def test_a_checkpoint_without_meta_json_is_reported_never_deleted_or_overwritten(tmp_path):
+    model, _ = _trained()
+    _save(tmp_path, "epoch_000001", model)
+    damaged = _save(tmp_path, "epoch_000002", model)
+    (damaged / "meta.json").unlink()
+    for pointer in (True, False):  # named by `latest`, or only the newest by name
+        if not pointer:
+            (tmp_path / "latest").unlink()
+        with pytest.raises(UserError, match="epoch_000002 has no meta.json"):
+            latest_checkpoint(tmp_path)
+    with pytest.raises(UserError, match="has no meta.json"):
+        _save(tmp_path, "epoch_000002", model)
+    for epoch in (3, 4, 5):  # pruning to 2 never touches it
+        _save(tmp_path, f"epoch_{epoch:06d}", model)
+    assert sorted(p.name for p in damaged.iterdir()) == ["state.pt", "weights.safetensors"]
+    assert latest_checkpoint(tmp_path).name == "epoch_000005"
+
+
+def test_a_pointer_to_a_deleted_checkpoint_falls_back_to_the_newest_complete_one(tmp_path):
+    model, _ = _trained()
+    _save(tmp_path, "epoch_000001", model)
+    newest = _save(tmp_path, "epoch_000002", model)
+    shutil.rmtree(newest)
+    assert latest_checkpoint(tmp_path).name == "epoch_000001"
+
+
+def test_disk_full_names_the_checkpoint_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    model, _ = _trained()
+    _save(tmp_path, "epoch_000001", model)
+    real = fileio._write_all
+
+    def full(f, data, path):
+        if path.name == "state.pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data, path)
+
+    monkeypatch.setattr(fileio, "_write_all", full)
+    with pytest.raises(DiskFull, match=r"while writing .*epoch_000002/state\.pt"):
+        _save(tmp_path, "epoch_000002", model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_000001", "latest"]
+    load_checkpoint(latest_checkpoint(tmp_path), {"agent": Tiny()})

@@ -1,6 +1,7 @@
 """Config composition: layers, overrides, strict keys and types, one-line errors."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -121,3 +122,57 @@ def test_partial_nested_sections_keep_the_fields_own_defaults():
 
     assert C.from_dict(Outer, {"inner": {"b": 5}}).inner == Inner(a=10, b=5)
     assert C.from_dict(Outer, {}).inner == Inner(a=10, b=20)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("schedule.epochs=-1", "schedule.epochs must be >= 0, got -1"),
+        ("schedule.collect_epsilon=.nan", "schedule.collect_epsilon must be a finite number"),
+        ("schedule.keep_checkpoints=0", "schedule.keep_checkpoints must be >= 1"),
+        ("eval.episodes=0", "eval.episodes must be >= 1"),
+        ("run.name=../../x", "run.name must be a plain directory name"),
+        ("run.device=gpu", "run.device must be auto, cpu, cuda or cuda:N"),
+        ("run.seed=9223372036854775808", "run.seed must be in [0, 2**63 - 1]"),
+        ("env.size=0", "env.size must be >= 1"),
+    ],
+)
+def test_values_are_checked_when_the_config_is_resolved(override, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        C.resolve(env="Breakout", overrides=[override])
+
+
+def test_inf_only_where_a_field_allows_it():
+    cfg = C.resolve(env="Breakout", world="vae")  # the VAE does not clip: max_grad_norm .inf
+    assert cfg.world.config.vae_training.max_grad_norm == float("inf")
+    again = C.build(__import__("yaml").safe_load(C.dump(cfg)))
+    assert again == cfg
+    with pytest.raises(UserError, match="world.vae_training.lr must be a finite number"):
+        C.resolve(env="Breakout", world="vae", overrides=["world.vae_training.lr=.inf"])
+
+
+def test_a_config_never_imports_the_plugins_it_names(tmp_path, monkeypatch):
+    (tmp_path / "wm_cfg_payload.py").write_text("open('MARKER', 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    tree = C.to_dict(C.resolve(env="Breakout"))
+    tree["run"]["plugins"] = ["wm_cfg_payload"]
+    with pytest.raises(UserError, match="names plugin wm_cfg_payload, which was not loaded"):
+        C.build(tree)
+    assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize(
+    ("tree", "needle"),
+    [
+        ({"world": "diffusion"}, "world: expected a mapping with a 'name' key"),
+        ({"agent": ["random"]}, "agent: expected a mapping with a 'name' key"),
+        ({"run": 3}, "run: expected a mapping, got 3"),
+        ({"preset": ["smoke"]}, "preset: expected a name"),
+        ({"run": {"plugins": "x"}}, "run.plugins: expected a list of module names"),
+    ],
+)
+def test_a_config_of_the_wrong_structure_is_one_line(tree, needle):
+    with pytest.raises(UserError, match=re.escape(needle)) as err:
+        C.build(tree)
+    assert "\n" not in str(err.value)

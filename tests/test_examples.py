@@ -40,9 +40,13 @@ def test_plugin_import_route(tmp_path):
     assert res.returncode == 0, res.stderr
     d = tmp_path / "runs" / "p"
     assert json.loads((d / "results.json").read_text())["agent"] == "reinforce_linear"
-    # the run recorded its plugin: evaluating it needs no flag
+    # the run recorded its plugin, but a run directory never imports code by itself: evaluating
+    # it needs the plugin named again
+    evaluate = [sys.executable, str(ROOT / "evaluate.py"), str(d), "--episodes", "1"]
+    out = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "--plugin reinforce_agent" in out.stderr, out.stderr
     out = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), str(d), "--episodes", "1"],
+        [*evaluate, "--plugin", "reinforce_agent"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0 and "Breakout: mean return" in out.stdout, out.stderr

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from worldmodels import config as C
-from worldmodels.errors import UserError
-from worldmodels.registry import AGENTS, WORLDS
+from worldmodels.errors import UserError, one_line
+from worldmodels.registry import AGENTS, WORLDS, load_plugins
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,7 +65,14 @@ def add_config_flags(p: argparse.ArgumentParser, *, default_preset: str = "atari
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE first: it registers agents or worlds (repeatable; recorded in the run)",
+        help="import MODULE first: it registers agents or worlds (repeatable; recorded in the "
+        "run, and needed again to resume or evaluate it)",
+    )
+    p.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="import the plugins a run directory's config.yaml names without listing them with "
+        "--plugin (they run code: only for run directories you trust)",
     )
 
 
@@ -78,9 +85,27 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
         out.append(f"run.device={args.device}")
     if args.name is not None:
         out.append(f"run.name={args.name}")
-    if args.plugin:
-        out.append(f"run.plugins=[{', '.join(args.plugin)}]")
     return out + list(args.overrides)
+
+
+def load_run_plugins(config_path, args: argparse.Namespace) -> None:
+    """Import the plugins a run's ``config.yaml`` names, but only those the command line names
+    too (``--plugin``), or all of them with ``--trust-plugins``: a run directory is data, and
+    data someone handed over must not run code of its own."""
+    tree = C.load_yaml(config_path)
+    try:
+        named = C.plugins_named(tree)
+    except UserError as exc:
+        raise UserError(f"{config_path}: {exc}") from None
+    untrusted = [p for p in named if p not in args.plugin]
+    if untrusted and not args.trust_plugins:
+        flags = " ".join(f"--plugin {p}" for p in untrusted)
+        raise UserError(
+            f"{config_path} names plugin {', '.join(untrusted)}: plugins run code, so a run's "
+            f"plugins are imported only when named on the command line: add {flags} "
+            "(or --trust-plugins) if you trust this run directory"
+        )
+    load_plugins(named)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,6 +119,10 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"device {name!r} asked for, but no CUDA device is available (use cpu)")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported device {name!r} (valid: auto, cpu, cuda, cuda:N)")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise UserError(f"device {name!r} asked for, but there are only {count} (cuda:0 ..)")
     return device
 
 
@@ -135,7 +164,7 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv=None) -> i
     try:
         return main(argv) or 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

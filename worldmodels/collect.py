@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,11 +43,54 @@ class CollectStats:
         return self.steps / max(self.seconds, 1e-9)
 
 
+def _plain(obj: Any) -> bool:
+    """Whether ``obj`` is made of tensors, numbers, strings, None, lists, tuples and str-keyed
+    dicts only: what a checkpoint's ``state.pt`` can hold and load with ``weights_only=True``."""
+    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, str)):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return all(_plain(x) for x in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in obj.items())
+    return False
+
+
+def _detached(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are ordinary (not inference-mode) CPU tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu").clone()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detached(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    return obj
+
+
+def _moved(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_moved(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _moved(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _frame_digest(frame: torch.Tensor | np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(frame)).tobytes()).hexdigest()
+
+
 class Collector:
     """Runs an agent in a real vector env and stores every finished episode in replay.
 
     Episodes continue across calls; an episode reaches the store only when it has finished, so a
     crash never leaves half an episode behind. ``steps`` count agent steps summed over the envs.
+
+    ``state_dict`` records where every stream stands (the env's seed and every action each game
+    received since, the epsilon generator, the agent's recurrent state); ``restore`` brings the
+    real games back to that exact point by replaying those actions from the seed, checking every
+    frame against the episodes in replay. A real game's state cannot be saved, but it is a
+    deterministic function of its seed and its actions.
     """
 
     def __init__(
@@ -71,6 +115,8 @@ class Collector:
         self._agent_state: Any = None
         self._first: torch.Tensor | None = None
         self._game_returns = np.zeros(env.num_envs)
+        self._vector_steps = 0  # env.step calls since the seeded reset
+        self._first_episode = 0  # store index of this collector's first episode
 
     def _start(self, agent: Any) -> None:
         obs, _ = self.env.reset(seed=self.seed)
@@ -80,9 +126,14 @@ class Collector:
         self._agent_state = agent.initial_state(n, self.device)
         self._first = torch.ones(n, dtype=torch.bool)
         self._game_returns[:] = 0.0
+        self._vector_steps = 0
+        self._first_episode = len(self.store)
+        self._ensure_observer(agent)
+        self.observer.reset(n)
+
+    def _ensure_observer(self, agent: Any) -> None:
         if self.observer is None:
             self.observer = Observer(agent, None, self.device)
-        self.observer.reset(n)
 
     def collect(
         self,
@@ -116,6 +167,7 @@ class Collector:
             )
             self.observer.record(actions)
             next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            self._vector_steps += 1
             done = terminated | truncated
             final_obs = info["final_obs"]
             act_np, rew_np = actions.numpy(), reward.numpy()
@@ -150,11 +202,158 @@ class Collector:
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+    @property
+    def steps_in_progress(self) -> int:
+        """Agent steps of the episodes not finished yet (summed over the envs)."""
+        return sum(len(b) for b in self._builders) if self._obs is not None else 0
 
-    def load_state_dict(self, state: dict) -> None:
+    # ---------------------------------------------------------------- where the streams stand
+
+    def state_dict(self) -> dict:
+        """Plain data and tensors: everything ``restore`` needs to continue exactly here."""
+        state: dict[str, Any] = {"generator": self.generator.get_state(), "seed": self.seed}
+        if self._obs is None:
+            return {**state, "started": False}
+        obs_state, prev_action = self.observer.state() if self.observer else (None, None)
+        restorable = _plain(self._agent_state) and _plain(obs_state)
+        return {
+            **state,
+            "started": True,
+            "vector_steps": self._vector_steps,
+            "first_episode": self._first_episode,
+            "actions": [torch.tensor(b.actions, dtype=torch.int64) for b in self._builders],
+            "obs_sha256": [_frame_digest(self._obs[i]) for i in range(self.env.num_envs)],
+            "first": self._first.clone(),
+            "game_returns": [float(r) for r in self._game_returns],
+            # Whatever an agent keeps between steps must be plain data to be saved; if it is
+            # not, restore() reports that and the run continues on a fresh env stream instead.
+            "restorable": restorable,
+            "agent_state": _detached(self._agent_state) if restorable else None,
+            "observer_state": _detached(obs_state) if restorable else None,
+            "observer_prev_action": None if prev_action is None else _detached(prev_action),
+        }
+
+    def restore(self, state: dict, agent: Any) -> str | None:
+        """Continue exactly where ``state`` was taken: the real games are reset with the same
+        seed and replayed through every recorded action, each frame checked against replay.
+
+        Returns None on success, else why the games could not be brought back (the collector is
+        then left unstarted, to start afresh). The replay needs the episodes this collector had
+        finished by then (``store[first_episode:]``) and nothing after them in the store."""
         self.generator.set_state(state["generator"])
+        self.seed = int(state.get("seed", self.seed))
+        if "started" not in state:
+            return "the checkpoint does not record the games' actions (an older format)"
+        if not state["started"]:
+            return None  # nothing was played yet: the first collect() starts from the seed
+        if not state.get("restorable", False):
+            return "the agent's state between steps is not plain data (tensors, lists, dicts)"
+        problem = self._replay(state, agent)
+        if problem is not None:
+            self._obs = None
+            self._builders = []
+            self.generator.set_state(state["generator"])
+            return problem
+        self._first = state["first"].clone().to(torch.bool)
+        self._game_returns[:] = state["game_returns"]
+        self._agent_state = _moved(state["agent_state"], self.device)
+        self._ensure_observer(agent)
+        prev = state.get("observer_prev_action")
+        self.observer.set_state(
+            (
+                _moved(state["observer_state"], self.device),
+                None if prev is None else prev.to(self.device),
+            )
+        )
+        return None
+
+    def _replay(self, state: dict, agent: Any) -> str | None:
+        n = self.env.num_envs
+        steps = int(state["vector_steps"])
+        first_episode = int(state["first_episode"])
+        partial = [a.tolist() for a in state["actions"]]
+        if len(partial) != n or first_episode > len(self.store):
+            return f"the checkpoint was taken with {len(partial)} envs, this run has {n}"
+        mine: list[list[int]] = [[] for _ in range(n)]  # store indices of each env's episodes
+        for k in range(first_episode, len(self.store)):
+            env_index = self.store[k].info.get("env")
+            if not isinstance(env_index, int) or not 0 <= env_index < n:
+                return f"replay episode {k} does not say which of the {n} envs played it"
+            mine[env_index].append(k)
+        for i in range(n):
+            played = sum(len(self.store[k]) for k in mine[i]) + len(partial[i])
+            if played != steps:
+                return f"env {i} has {played} recorded actions, the checkpoint {steps} steps"
+
+        obs, _ = self.env.reset(seed=self.seed)
+        current = obs
+        cursor = [0] * n  # position in mine[i]; == len(mine[i]) once in the partial episode
+        t_in = [0] * n  # step inside the current episode
+        builders: list[EpisodeBuilder | None] = [None] * n
+
+        def entered(i: int, frame: torch.Tensor) -> str | None:
+            """Env ``i`` starts a new episode at ``frame``."""
+            cursor_i, t_in[i] = cursor[i], 0
+            if cursor_i < len(mine[i]):
+                expected = self.store[mine[i][cursor_i]].obs[0]
+                if not np.array_equal(frame.numpy(), expected):
+                    return f"the first frame of {self._name(mine[i][cursor_i])} differs"
+            else:
+                builders[i] = EpisodeBuilder(frame.numpy(), info={"env": i})
+            return None
+
+        for i in range(n):
+            if (problem := entered(i, obs[i])) is not None:
+                return problem
+        for _ in range(steps):
+            act = [
+                self.store[mine[i][cursor[i]]].act[t_in[i]]
+                if cursor[i] < len(mine[i])
+                else partial[i][t_in[i]]
+                for i in range(n)
+            ]
+            actions = torch.tensor(act, dtype=torch.int64)
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
+            current = next_obs
+            done = (terminated | truncated).numpy()
+            for i in range(n):
+                frame = info["final_obs"][i] if done[i] else next_obs[i]
+                if cursor[i] < len(mine[i]):
+                    k = mine[i][cursor[i]]
+                    ep, t = self.store[k], t_in[i]
+                    last = t + 1 == len(ep)
+                    if (
+                        not np.array_equal(frame.numpy(), ep.obs[t + 1])
+                        or float(reward[i]) != float(ep.rew[t])
+                        or bool(done[i]) != last
+                        or (
+                            last and (bool(terminated[i]), bool(truncated[i])) != (ep.end, ep.trunc)
+                        )
+                    ):
+                        return f"step {t} of {self._name(k)} came out differently"
+                    t_in[i] += 1
+                    if last:
+                        cursor[i] += 1
+                        if (problem := entered(i, next_obs[i])) is not None:
+                            return problem
+                else:
+                    if done[i]:
+                        return f"env {i} ended an episode its checkpoint had as unfinished"
+                    builders[i].add(act[i], float(reward[i]), frame.numpy())
+                    t_in[i] += 1
+        if any(cursor[i] < len(mine[i]) for i in range(n)):
+            return "the replay ended before every recorded episode"
+        if [_frame_digest(current[i]) for i in range(n)] != list(state["obs_sha256"]):
+            return "the games' current frames differ from the checkpoint's"
+        self._obs = current
+        self._builders = builders  # type: ignore[assignment]
+        self._vector_steps = steps
+        self._first_episode = first_episode
+        return None
+
+    def _name(self, k: int) -> str:
+        path = self.store.path_of(k)
+        return f"replay episode {k}" if path is None else path.name
 
 
 @dataclass

@@ -19,6 +19,8 @@ The result is a tree of frozen dataclasses. An unknown key or a value of the wro
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,8 +31,9 @@ from typing import Any, Literal
 import yaml
 
 from envs.atari_config import AtariConfig
+from worldmodels.checks import at_least, check_module_name, check_name, in_range
 from worldmodels.errors import UserError, choices
-from worldmodels.registry import AGENTS, WORLDS, load_plugins
+from worldmodels.registry import AGENTS, WORLDS, loaded_plugins
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -82,6 +85,19 @@ class ScheduleConfig:
     """Where an imagined trajectory that ends early restarts: ``fresh``, from a real context of its
     own, started with the others (twice the start-up work per agent update; DIAMOND restarts from
     new contexts); ``shared``, from the context its trajectory started from (no extra work)."""
+    max_nonfinite_in_a_row: int = 20
+    """Stop the run (one line, exit 2) once this many consecutive training steps of one stage or
+    of the agent had a non-finite loss or gradient norm. Each such step is skipped (no weight
+    changes), so a few are harmless; this many in a row means the weights have diverged."""
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "staged_chunk", "staged_agent_chunk", "num_envs", "test_episodes")
+        at_least(self, 1, "checkpoint_every", "keep_checkpoints", "video_horizon")
+        at_least(self, 1, "max_nonfinite_in_a_row")
+        at_least(self, 0, "epochs", "initial_collect_steps", "initial_collect_min_rewards")
+        at_least(self, 0, "initial_collect_max_steps", "collect_steps_per_epoch")
+        at_least(self, 0, "env_steps_budget", "test_every", "video_every")
+        in_range(self, 0.0, 1.0, "collect_epsilon")
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,14 @@ class EvalConfig:
     """Log one test episode as a TensorBoard video."""
     video_max_frames: int = 1000
     """Cap on the frames of that video (a full Atari episode can be 27k steps)."""
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "episodes", "num_envs", "video_max_frames")
+        in_range(self, 0.0, 1.0, "epsilon")
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -131,7 +155,21 @@ class RunConfig:
     progress: bool = True
     """Show a progress bar with ETA on long loops."""
     plugins: tuple[str, ...] = ()
-    """Modules imported before anything is built (``--plugin``): they register components."""
+    """Modules imported before anything is built (``--plugin``): they register components. A
+    run's recorded plugins are imported again only when given on the command line (they run
+    code: a shared run directory must not be able to run its own)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.name:
+            check_name(self.name, "name")
+        if not self.runs_dir.strip():
+            raise ValueError("runs_dir must name a directory, got an empty string")
+        for module in self.plugins:
+            check_module_name(module, "plugins")
 
 
 @dataclass(frozen=True)
@@ -207,9 +245,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(
+    value: Any, tp: Any, where: str, *, signed: bool = False, allow_inf: bool = False
+) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert the safe cases (int -> float,
-    list -> tuple, numeric strings from ``--set``)."""
+    list -> tuple, numeric strings from ``--set``).
+
+    Two checks hold for every config field: a float must be finite (NaN never is a setting; inf
+    only where its field says ``metadata={"allow_inf": True}``), and an int must be >= 0 unless
+    its field says ``metadata={"signed": True}``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -222,7 +266,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, signed=signed, allow_inf=allow_inf)
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(errors[0] if errors else f"{where}: value must not be None")
@@ -241,12 +285,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if len(args) != len(value):
                 raise UserError(f"{where}: expected {len(args)} values, got {len(value)}")
             items = [
-                _coerce(v, a, f"{where}[{i}]")
+                _coerce(v, a, f"{where}[{i}]", signed=signed)
                 for i, (v, a) in enumerate(zip(value, args, strict=True))
             ]
         else:
             item_tp = args[0] if args else Any
-            items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+            items = [
+                _coerce(v, item_tp, f"{where}[{i}]", signed=signed) for i, v in enumerate(value)
+            ]
         return list(items) if origin is list or tp is list else tuple(items)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
@@ -257,25 +303,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise UserError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise UserError(f"{where}: expected an integer, got {value!r}")
+        number = _as_int(value)
+        if number is None:
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        if number < 0 and not signed:
+            raise UserError(f"{where} must be >= 0, got {number}")
+        return number
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{where}: expected a number, got {value!r}")
+        number = _as_float(value)
+        if number is None:
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        if math.isnan(number) or (math.isinf(number) and not allow_inf):
+            raise UserError(f"{where} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -283,6 +323,33 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            return None
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range
+            return math.inf
+    if isinstance(value, str):  # YAML 1.1 reads '1e-4' as a string
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def from_dict(cls: type, data: Mapping, where: str = "") -> Any:
@@ -304,11 +371,20 @@ def from_dict(cls: type, data: Mapping, where: str = "") -> Any:
             value = deep_merge(to_dict(default), value)
         elif isinstance(value, Mapping) and isinstance(default, dict):
             value = deep_merge(default, value)  # dict-valued fields merge key by key too
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        meta = fields[name].metadata
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(
+            value, hints[name], key, signed=bool(meta.get("signed")),
+            allow_inf=bool(meta.get("allow_inf")),
+        )  # fmt: skip
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"{where or cls.__name__}: {exc}") from None
+        # A __post_init__ message starts with the field it is about: give its full key path.
+        msg = str(exc)
+        if where and msg.split(" ", 1)[0] in fields:
+            raise UserError(f"{where}.{msg}") from None
+        raise UserError(f"{where or cls.__name__}: {msg}") from None
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -378,22 +454,71 @@ def _component(registry, name: str, tree: dict, where: str) -> Choice:
     return Choice(name, from_dict(cls.Config, params, where))
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plugins_named(tree: Any) -> list[str]:
+    """The plugin modules a config tree names in ``run.plugins`` (checked to be module names)."""
+    run = tree.get("run") if isinstance(tree, Mapping) else None
+    plugins = run.get("plugins") if isinstance(run, Mapping) else None
+    if plugins is None:
+        return []
+    if isinstance(plugins, str) or not isinstance(plugins, Sequence):
+        raise UserError(f"run.plugins: expected a list of module names, got {_short(plugins)}")
+    for module in plugins:
+        try:
+            check_module_name(module, "run.plugins")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return list(plugins)
+
+
+def _choice_tree(tree: Mapping, key: str) -> Mapping | None:
+    node = tree.get(key)
+    if node is None:
+        return None
+    if not isinstance(node, Mapping) or not isinstance(node.get("name"), str):
+        raise UserError(
+            f"{key}: expected a mapping with a 'name' key (e.g. {key}: {{name: ...}}) or null, "
+            f"got {_short(node)}"
+        )
+    return node
+
+
 def build(tree: Mapping) -> Config:
-    """Resolved tree (as written to config.yaml) -> Config. Used for fresh runs and ``--resume``."""
+    """Resolved tree (as written to config.yaml) -> Config. Used for fresh runs and ``--resume``.
+
+    Imports nothing: the plugins the tree names must have been loaded by the entry point
+    (``--plugin``), so that a config file can never make the framework run code of its own."""
+    if not isinstance(tree, Mapping):
+        raise UserError(f"a config must be a mapping of sections, got {_short(tree)}")
     tree = dict(tree)
-    load_plugins((tree.get("run") or {}).get("plugins") or ())
     valid = {f.name for f in dataclasses.fields(Config)}
     unknown = [k for k in tree if k not in valid]
     if unknown:
         raise UserError(f"unknown config section {unknown[0]!r} (valid: {choices(valid)})")
+    missing = [p for p in plugins_named(tree) if p not in loaded_plugins()]
+    if missing:
+        raise UserError(
+            f"the config names plugin {', '.join(missing)}, which was not loaded: plugins run "
+            f"code, so give {' '.join('--plugin ' + p for p in missing)} if you trust it"
+        )
     kwargs: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
-        kwargs[name] = from_dict(cls, tree.get(name) or {}, name)
-    world = tree.get("world")
+        section = tree.get(name)
+        kwargs[name] = from_dict(cls, {} if section is None else section, name)
+    world = _choice_tree(tree, "world")
     kwargs["world"] = None if world is None else _component(WORLDS, world["name"], world, "world")
-    agent = tree.get("agent") or {"name": _default_agent(world and world["name"]) or "random"}
+    agent = _choice_tree(tree, "agent") or {
+        "name": _default_agent(world and world["name"]) or "random"
+    }
     kwargs["agent"] = _component(AGENTS, agent["name"], agent, "agent")
-    kwargs["preset"] = str(tree.get("preset", "atari100k"))
+    preset = tree.get("preset", "atari100k")
+    if not isinstance(preset, str):
+        raise UserError(f"preset: expected a name, got {_short(preset)}")
+    kwargs["preset"] = preset
     return Config(**kwargs)
 
 
@@ -405,9 +530,13 @@ def resolve(
     agent: str | None = None,
     preset: str = "atari100k",
     overrides: Sequence[str] = (),
+    plugins: Sequence[str] = (),
     default_agent: str = "random",
 ) -> Config:
-    """Compose the YAML layers and the CLI choices into a Config (see module docstring)."""
+    """Compose the YAML layers and the CLI choices into a Config (see module docstring).
+
+    ``plugins``: the modules the entry point loaded (``--plugin``), recorded in ``run.plugins``.
+    """
     tree: dict[str, Any] = {name: {} for name in SECTIONS}
     tree["env"] = _named_yaml("env", protocol, "env protocol")
     if env is not None:
@@ -447,7 +576,11 @@ def resolve(
         path, value = parse_override(text)
         if path[0] in ("world", "agent") and len(path) == 2 and path[1] == "name":
             raise UserError(f"choose the {path[0]} with --{path[0]}, not --set")
+        if path[:2] == ["run", "plugins"]:
+            raise UserError("load plugins with --plugin MODULE (repeatable), not --set")
         apply_override(tree, path, value)
+    if plugins:
+        tree["run"] = {**(tree.get("run") or {}), "plugins": list(plugins)}
     from envs.atari import resolve_game  # lazy: ale-py is only needed once a game is named
 
     tree["env"]["game"] = resolve_game(str(tree["env"].get("game", AtariConfig.game)))[0]
@@ -471,5 +604,9 @@ def dump(config: Config) -> str:
 
 
 def load_run_config(path: Path) -> Config:
-    """Rebuild the Config of a run from its ``config.yaml``."""
-    return build(load_yaml(path))
+    """Rebuild the Config of a run from its ``config.yaml`` (errors name the file)."""
+    tree = load_yaml(path)
+    try:
+        return build(tree)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None

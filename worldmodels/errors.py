@@ -1,6 +1,8 @@
-"""The one exception type a user is meant to see."""
+"""The exception types a user is meant to see."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -11,7 +13,20 @@ class UserError(Exception):
     """
 
 
+class DiskFull(UserError):
+    """No space (or quota) left while writing ``path``; nothing already written was damaged."""
+
+    def __init__(self, path: str | Path, advice: str = "free some space and run it again") -> None:
+        self.path = Path(path)
+        super().__init__(f"no space left on the device while writing {path}: {advice}")
+
+
 def choices(valid) -> str:
     """Format a set of valid names for an error message: ``'a, b, c'``."""
     names = sorted(valid)
     return ", ".join(names) if names else "(none registered)"
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) folded into one space."""
+    return " ".join(str(text).split())

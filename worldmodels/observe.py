@@ -65,3 +65,11 @@ class Observer:
     def record(self, actions: Tensor) -> None:
         """The actions just taken (feature worlds update their recurrent state with them)."""
         self._prev_action = actions.to(self.device, torch.long)
+
+    def state(self) -> tuple[Any, Tensor | None]:
+        """What it keeps between steps (the world's observe state, the last actions), for a
+        checkpoint of the collection."""
+        return self._state, self._prev_action
+
+    def set_state(self, state: tuple[Any, Tensor | None]) -> None:
+        self._state, self._prev_action = state

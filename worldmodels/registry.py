@@ -9,12 +9,14 @@ theirs through a Python entry point in the group ``worldmodels.<kind>`` (for exa
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-from worldmodels.errors import UserError, choices
+from worldmodels.checks import check_module_name
+from worldmodels.errors import UserError, choices, one_line
 
 T = TypeVar("T")
 
@@ -56,13 +58,9 @@ class Registry(Generic[T]):
         for ep in importlib.metadata.entry_points(group=self.group):
             if ep.name in self._classes:
                 continue
-            try:
-                cls = ep.load()
-            except Exception as exc:  # a broken plug-in must not take the framework down
-                raise UserError(
-                    f"could not load {self.kind} {ep.name!r} from entry point {ep.value!r}: {exc}"
-                ) from exc
-            self.register(ep.name)(cls)
+            what = f"{self.kind} {ep.name!r} from entry point {ep.value!r}"
+            with _plugin_errors(f"could not load {what}"):
+                self.register(ep.name)(ep.load())
 
     def names(self) -> list[str]:
         self._load()
@@ -88,10 +86,48 @@ WORLDS: Registry = Registry("world", "worldmodels.worlds", ["worldmodels.worlds"
 AGENTS: Registry = Registry("agent", "worldmodels.agents", ["agents"])
 
 
+_LOADED: list[str] = []
+
+
+@contextlib.contextmanager
+def _plugin_errors(what: str) -> Iterator[None]:
+    """Whatever a plug-in's import does wrong (raises, has a syntax error, registers a taken
+    name, calls ``sys.exit``) becomes one ``UserError`` line that starts with ``what``."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "its source"
+        raise UserError(f"{what}: syntax error in {where}: {exc.msg}") from None
+    except SystemExit as exc:
+        raise UserError(f"{what}: it called sys.exit({exc.code!r}) while being imported") from None
+    except Exception as exc:  # a broken plug-in must not take the framework down
+        raise UserError(f"{what}: {type(exc).__name__}: {one_line(str(exc))}") from None
+
+
 def load_plugins(modules: Iterable[str]) -> None:
     """Import modules that register components (``--plugin my_package.agents``)."""
     for name in modules:
+        if name in _LOADED:
+            continue
         try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise UserError(f"cannot import plugin {name!r}: {exc}") from None
+            check_module_name(name, "--plugin")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        missing: ModuleNotFoundError | None = None
+        with _plugin_errors(f"plugin {name!r} failed"):
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if not (exc.name and (name == exc.name or name.startswith(exc.name + "."))):
+                    raise  # the plugin exists but imports something that does not
+                missing = exc
+        if missing is not None:
+            raise UserError(f"cannot import plugin {name!r}: {missing}")
+        _LOADED.append(name)
+
+
+def loaded_plugins() -> tuple[str, ...]:
+    """The plugin modules ``load_plugins`` imported in this process, in order."""
+    return tuple(_LOADED)

@@ -14,10 +14,13 @@ The store is single-writer: one process adds episodes to a directory at a time.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,8 +164,15 @@ class EpisodeBuilder:
         """The number of transitions recorded so far."""
         return len(self._act)
 
+    @property
+    def actions(self) -> list[int]:
+        """The actions recorded so far (a copy)."""
+        return list(self._act)
+
 
 def _encode_episode(episode: Episode) -> bytes:
+    """The ``.npz`` bytes of an episode. Equal episodes encode to equal bytes (numpy gives every
+    zip member the same fixed date), so a file's sha256 identifies its episode."""
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
@@ -177,10 +187,25 @@ def _encode_episode(episode: Episode) -> bytes:
     return buf.getvalue()
 
 
-def _read_episode(path: Path) -> Episode:
-    """Load one episode file; any defect becomes a ``UserError`` that names the file."""
+def same_episode(a: Episode, b: Episode) -> bool:
+    """Equal frames, actions, rewards, flags and info."""
+    return (
+        a.end == b.end
+        and a.trunc == b.trunc
+        and a.info == b.info
+        and np.array_equal(a.act, b.act)
+        and np.array_equal(a.rew, b.rew)
+        and a.obs.shape == b.obs.shape
+        and np.array_equal(a.obs, b.obs)
+    )
+
+
+def _read_episode(path: Path) -> tuple[Episode, str]:
+    """Load one episode file and the sha256 of its bytes; any defect becomes a ``UserError``
+    that names the file."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        data = path.read_bytes()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             version = int(z["version"])
             if version != _FORMAT_VERSION:
                 raise ValueError(f"format version {version}, this code reads {_FORMAT_VERSION}")
@@ -198,7 +223,7 @@ def _read_episode(path: Path) -> Episode:
             f"corrupt replay episode file {path}: {type(e).__name__}: {e} "
             "(move it and every later episode file out of the directory to continue without them)"
         ) from e
-    return episode
+    return episode, hashlib.sha256(data).hexdigest()
 
 
 class ReplayStore:
@@ -211,14 +236,25 @@ class ReplayStore:
 
     The store keeps each episode's arrays as they are (no copy, no float conversion) and marks
     them read-only, since sampled batches are assembled straight from them.
+
+    ``hold_back(n)`` hides the episodes after the first ``n``: a resumed run plays the steps after
+    its checkpoint again, and ``add`` then checks each episode it finishes against the hidden one
+    at that index and reuses that file (no second copy, nothing counted twice). If they differ
+    (a device that is not bitwise deterministic), the hidden files are moved, never deleted, to
+    ``superseded-<k>/`` and the new episode is written in their place.
     """
 
-    def __init__(self, directory: str | Path | None) -> None:
+    def __init__(
+        self, directory: str | Path | None, *, log: Callable[[str], None] | None = None
+    ) -> None:
         self.directory = None if directory is None else Path(directory)
+        self.log = log or (lambda line: print(line, file=sys.stderr))
         self._episodes: list[Episode] = []
+        self._digests: list[str | None] = []
         self._lengths: list[int] = []
         self._ends: list[bool] = []
         self._truncs: list[bool] = []
+        self._held: list[tuple[Episode, str | None]] = []
         self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._frame_shape: tuple[int, ...] | None = None
         self.num_steps = 0
@@ -248,20 +284,29 @@ class ReplayStore:
                 )
         for index in indices:
             path = directory / _episode_name(index)
-            episode = _read_episode(path)
+            episode, digest = _read_episode(path)
             if self._frame_shape is not None and episode.obs.shape[1:] != self._frame_shape:
                 raise UserError(
                     f"replay episode file {path} has frames of shape {episode.obs.shape[1:]}, "
                     f"the earlier episodes have {self._frame_shape}"
                 )
-            self._index(episode)
+            self._index(episode, digest)
+
+    def path_of(self, index: int) -> Path | None:
+        """The file of episode ``index`` (None for a memory-only store)."""
+        return None if self.directory is None else self.directory / _episode_name(index)
+
+    def digests(self) -> list[str | None]:
+        """The sha256 of each episode's file, in index order (None in a memory-only store)."""
+        return list(self._digests)
 
     def add(self, episode: Episode) -> int:
         """Store a finished episode and return its index.
 
         With a directory the episode is first written compressed to a temp file in the same
         directory, fsynced and renamed to ``ep_{index:06d}.npz`` (``worldmodels.fileio``), and only
-        then indexed in memory: a crash at any moment leaves the whole file or none.
+        then indexed in memory: a crash at any moment leaves the whole file or none. An episode
+        equal to the held-back one at its index (``hold_back``) reuses that file instead.
         """
         if not isinstance(episode, Episode):
             raise TypeError(f"ReplayStore.add takes an Episode, got {type(episode).__name__}")
@@ -271,6 +316,14 @@ class ReplayStore:
                 f"{self._frame_shape}"
             )
         index = len(self._episodes)
+        if self._held:
+            held, digest = self._held[0]
+            if same_episode(held, episode):
+                self._held.pop(0)
+                self._index(held, digest)  # the file on disk is this very episode
+                return index
+            self._supersede(index)
+        digest = None
         if self.directory is not None:
             path = self.directory / _episode_name(index)
             if path.exists():
@@ -278,15 +331,67 @@ class ReplayStore:
                     f"{path} appeared after the store was opened; is another process writing "
                     "episodes to the same directory?"
                 )
-            atomic_write_bytes(path, _encode_episode(episode))
-        self._index(episode)
+            data = _encode_episode(episode)
+            atomic_write_bytes(path, data)
+            digest = hashlib.sha256(data).hexdigest()
+        self._index(episode, digest)
         return index
 
-    def _index(self, episode: Episode) -> None:
+    def hold_back(self, count: int) -> int:
+        """Hide every episode after the first ``count`` until ``add`` meets it again (see the
+        class docstring) or ``release_held`` shows it again; returns how many were hidden."""
+        if not 0 <= count <= len(self._episodes):
+            raise ValueError(f"hold_back({count}) on a store of {len(self._episodes)} episodes")
+        held = list(zip(self._episodes[count:], self._digests[count:], strict=True))
+        kept = list(zip(self._episodes[:count], self._digests[:count], strict=True))
+        self._clear()
+        for episode, digest in kept:
+            self._index(episode, digest)
+        self._held = held + self._held
+        return len(held)
+
+    @property
+    def num_held(self) -> int:
+        """How many episodes ``hold_back`` hid and ``add`` has not met again yet."""
+        return len(self._held)
+
+    def release_held(self) -> list[Episode]:
+        """Show the held-back episodes again, in order (their files stay as they are)."""
+        held, self._held = self._held, []
+        for episode, digest in held:
+            self._index(episode, digest)
+        return [episode for episode, _ in held]
+
+    def _supersede(self, index: int) -> None:
+        """Move the held-back files out of the way of a differing episode ``index``."""
+        held, self._held = self._held, []
+        if self.directory is None:
+            return
+        k = 1
+        while (self.directory / f"superseded-{k}").exists():
+            k += 1
+        target = self.directory / f"superseded-{k}"
+        target.mkdir()
+        for i in range(index, index + len(held)):
+            os.replace(self.directory / _episode_name(i), target / _episode_name(i))
+        self.log(
+            f"warning: {_episode_name(index)} came out differently when played again after the "
+            f"resume (is the device bitwise deterministic?); the {len(held)} episode files the "
+            f"interrupted run wrote after its checkpoint are kept in {target}, outside replay"
+        )
+
+    def _clear(self) -> None:
+        self._episodes, self._digests = [], []
+        self._lengths, self._ends, self._truncs = [], [], []
+        self._cache = None
+        self.num_steps = self.num_frames = self.nbytes = 0
+
+    def _index(self, episode: Episode, digest: str | None = None) -> None:
         for x in (episode.obs, episode.act, episode.rew):
             x.flags.writeable = False
         self._frame_shape = episode.obs.shape[1:]
         self._episodes.append(episode)
+        self._digests.append(digest)
         self._lengths.append(len(episode))
         self._ends.append(episode.end)
         self._truncs.append(episode.trunc)

@@ -68,6 +68,22 @@ def write_results(path: str | Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, record)
 
 
+def keep_previous(path: str | Path) -> Path | None:
+    """Move an existing ``results.json`` to the next free ``results.N.json`` (N = 1, 2, ...)
+    before a new one is written, so no result of a run is ever overwritten; returns where."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    taken = [
+        int(p.name[len(path.stem) + 1 : -len(path.suffix)])
+        for p in path.parent.glob(f"{path.stem}.*{path.suffix}")
+        if p.name[len(path.stem) + 1 : -len(path.suffix)].isdigit()
+    ]
+    target = path.with_name(f"{path.stem}.{max(taken, default=0) + 1}{path.suffix}")
+    path.rename(target)
+    return target
+
+
 def summary_line(record: dict[str, Any]) -> str:
     """``Breakout  mean 1.43 +- 1.2 over 30 episodes  (random 1.7, human 30.5)  HNS -0.01``."""
     line = (

@@ -8,12 +8,19 @@
     runs/<name>/episodes/         replay: one compressed file per finished episode
     runs/<name>/checkpoints/      weights (safetensors) + optimizer / RNG / counters
     runs/<name>/results.json      returns of the real test episodes, HNS, seed, env spec, versions
+    runs/<name>/results.N.json    earlier results of the same run (a rerun keeps every one)
+    runs/<name>/.lock             held (an OS file lock) by the one process working in the run
+
+Only one process works in a run directory at a time: ``RunDir.lock`` takes an exclusive OS lock
+(``fcntl.flock``, released by the OS however the process ends, SIGKILL included) and a second
+process gets a one-line error naming the holder's pid.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -70,16 +77,45 @@ class RunDir:
     def results(self) -> Path:
         return self.root / "results.json"
 
+    @staticmethod
+    def check_creatable(root: str | Path) -> None:
+        """Raise the ``UserError`` that ``create(root)`` would, without creating anything (so
+        that a run checks its directory before spending minutes building)."""
+        root = Path(root)
+        if root.exists():
+            if not root.is_dir():
+                raise UserError(f"cannot create run directory {root}: a file of that name exists")
+            if any(root.iterdir()):
+                raise UserError(
+                    f"run directory {root} already exists: resume it with --resume {root} "
+                    "or pick another --name"
+                )
+        parent = root.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(
+                f"cannot create run directory {root}: {parent} is not a directory "
+                "(set run.runs_dir to a writable directory)"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(
+                f"cannot create run directory {root}: {parent} is not writable "
+                "(set run.runs_dir to a writable directory)"
+            )
+
     @classmethod
     def create(cls, root: str | Path) -> RunDir:
         """A new run directory; refuses to reuse one (nothing already written is touched)."""
         root = Path(root)
-        if root.exists() and any(root.iterdir()):
+        cls.check_creatable(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
             raise UserError(
-                f"run directory {root} already exists: resume it with --resume {root} "
-                "or pick another --name"
-            )
-        root.mkdir(parents=True, exist_ok=True)
+                f"cannot create run directory {root}: {exc.strerror or exc} "
+                "(set run.runs_dir to a writable directory)"
+            ) from None
         return cls(root)
 
     @classmethod
@@ -91,6 +127,10 @@ class RunDir:
             what = "does not exist" if not root.exists() else "has no config.yaml"
             raise UserError(f"{root} is not a run directory: it {what}")
         return run
+
+    def lock(self, command: str) -> RunLock:
+        """Take this run's lock for the life of the process (or until ``release``)."""
+        return RunLock(Path(self.root) / ".lock", command)
 
     def write_config(self, text: str) -> None:
         atomic_write_text(self.config, text)
@@ -105,6 +145,51 @@ class RunDir:
                 sessions = []  # a damaged record must not stop the run; the new one replaces it
         sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **data})
         atomic_write_json(self.provenance, {"sessions": sessions})
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``path``; the file says who holds it (pid, command).
+
+    The OS drops the lock when the process ends, however it ends, so a killed run never leaves
+    a stale lock behind. Two opens of the file conflict even inside one process."""
+
+    def __init__(self, path: Path, command: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no OS lock to take (documented in docs/runs.md)
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            pid, _, what = holder.partition(" ")
+            raise UserError(
+                f"run directory {path.parent} is in use by process {pid}"
+                + (f" ({what})" if what else "")
+                + ": wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def check_name(name: str, what: str = "--name") -> None:
+    """A one-line ``UserError`` unless ``name`` is a plain directory name (no path separator)."""
+    from worldmodels.checks import check_name as check
+
+    try:
+        check(name, what)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def default_run_name(game: str, world: str | None, agent: str, preset: str, seed: int) -> str:

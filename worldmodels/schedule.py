@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,12 @@ from worldmodels.errors import UserError
 from worldmodels.graphs import graphs_enabled
 from worldmodels.observe import Observer
 from worldmodels.replay import ReplayStore, SegmentSampler
-from worldmodels.results import results_record, summary_line, write_results
+from worldmodels.results import keep_previous, results_record, summary_line, write_results
 from worldmodels.runs import RunDir
 from worldmodels.scores import human_normalized
 from worldmodels.seeding import derive_seed, global_rng_state, set_global_rng_state
 from worldmodels.tb import Rate, TBLogger, progress
-from worldmodels.training import StageTrainer, autocast
+from worldmodels.training import StageTrainer, autocast, check_nonfinite
 
 
 def _seconds(fn: Callable[[Any], Any], arg: Any) -> float:
@@ -57,6 +58,8 @@ class Counters:
     phase: int = 0  # staged schedule: index of the phase in progress
     phase_step: int = 0  # staged schedule: steps done inside that phase
     updates: int = 0  # staged schedule: gradient steps / generations so far (TensorBoard x-axis)
+    agent_skipped: int = 0  # agent updates skipped for a non-finite loss or gradient norm ...
+    agent_skipped_in_a_row: int = 0  # ... and how many of the last ones in a row
 
 
 class OnlineSchedule:
@@ -92,7 +95,7 @@ class OnlineSchedule:
         self.train_env = make_env("train", cfg.schedule.num_envs)
         self.env_spec = self.train_env.spec()
         self.test_env_spec: dict[str, Any] = {}
-        self.collector = self._new_collector()
+        self.collector = self._new_collector(derive_seed(cfg.run.seed, "collect", 0))
         seed = cfg.run.seed
         self.stage_trainers: dict[str, StageTrainer] = {}
         self.dream: DreamEnv | None = None
@@ -103,6 +106,7 @@ class OnlineSchedule:
                 self.stage_trainers[name] = StageTrainer(
                     stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp,
                     graphs=self.graphs or False,
+                    max_nonfinite_in_a_row=cfg.schedule.max_nonfinite_in_a_row,
                 )  # fmt: skip
             self.video_sampler = SegmentSampler(
                 store, world.context_len + cfg.schedule.video_horizon,
@@ -135,8 +139,7 @@ class OnlineSchedule:
 
     # ---------------------------------------------------------------- building blocks
 
-    def _new_collector(self) -> Collector:
-        seed = derive_seed(self.cfg.run.seed, "collect", self.counters.resumes)
+    def _new_collector(self, seed: int) -> Collector:
         return Collector(
             self.train_env,
             self.store,
@@ -177,6 +180,19 @@ class OnlineSchedule:
         self.logger.scalars(
             {"episodes": len(self.store), "steps": self.store.num_steps}, step, prefix="replay/"
         )
+
+    def ensure_an_episode(self) -> None:
+        """The world's stages and the dream sample from replay, which holds finished episodes
+        only: after the initial collection, go on until one has finished (the frame cap,
+        ``env.max_episode_frames``, ends every episode at last)."""
+        if self.world is None or len(self.store) > 0:
+            return
+        self.log(
+            f"no episode of {self.cfg.env.game} finished in the {self.counters.env_steps} steps "
+            "collected so far: collecting on until one does, so that the world has data"
+        )
+        while len(self.store) == 0:
+            self.collect(max(self.cfg.schedule.num_envs, 100))
 
     def collect(self, steps: int, *, initial: bool = False) -> CollectStats:
         s = self.cfg.schedule
@@ -262,17 +278,35 @@ class OnlineSchedule:
         n = self.agent.config.training.steps_in(self.counters.epoch + 1)
         if n == 0:
             return
+        broken = [name for name, t in self.stage_trainers.items() if t.updater.skipped_in_a_row]
+        if broken:  # the world's outputs are NaN or inf now: nothing to learn from its dreams
+            self.log(
+                f"epoch {self.counters.epoch + 1}: the agent does not train in imagination, "
+                f"the last update of {', '.join(broken)} was not finite"
+            )
+            return
         self.logger.scalars(self.agent_updates(n), self.counters.env_steps, prefix="agent/")
 
     def agent_updates(self, n: int) -> dict[str, float]:
         """``n`` agent updates in the dream; their logs averaged, with the imagined frames/s."""
         frames = Rate()
         logs = []
+        c = self.counters
         for _ in range(n):
             logs.append(self.agent.train_in_imagination(self.dream))
             frames.add(self.dream.num_envs * self.dream.horizon)
+            if logs[-1].get("nonfinite", 0.0):  # an Updater skipped it (agents that use one)
+                c.agent_skipped += 1
+                c.agent_skipped_in_a_row += 1
+            else:
+                c.agent_skipped_in_a_row = 0
+            check_nonfinite(
+                "agent", c.agent_skipped_in_a_row, self.cfg.schedule.max_nonfinite_in_a_row
+            )
         mean = {k: float(np.mean([entry[k] for entry in logs])) for k in logs[0]}
         mean["imagination_frames_per_s"] = frames.read()
+        if "nonfinite" in logs[0]:
+            mean["skipped_steps"] = float(c.agent_skipped)
         return mean
 
     @torch.inference_mode()
@@ -355,9 +389,12 @@ class OnlineSchedule:
     def checkpoint(self) -> None:
         self.counters.replay_episodes = len(self.store)
         name = self.checkpoint_name()
+        collect_agent = self.collect_agent()
         state = {
             "counters": dataclasses.asdict(self.counters),
             "collector": self.collector.state_dict(),
+            # the collection policy when it is not the agent (the staged schedule's random one)
+            "collect_agent": None if collect_agent is self.agent else collect_agent.state_dict(),
             "rng": global_rng_state(),
             "stages": {name: t.state_dict() for name, t in self.stage_trainers.items()},
             "dream": None if self.dream is None else self.dream.sampler.state_dict(),
@@ -368,6 +405,8 @@ class OnlineSchedule:
             "world": None if self.cfg.world is None else self.cfg.world.name,
             "counters": dataclasses.asdict(self.counters),
             "config": to_dict(self.cfg),
+            # what replay held: a resume checks every one of these files against its sha256
+            "episodes": {"count": len(self.store), "sha256": self.store.digests()},
         }
         save_checkpoint(
             self.run_dir.checkpoints,
@@ -379,37 +418,93 @@ class OnlineSchedule:
         )
         self.logger.flush()
 
-    def restore(self) -> None:
-        """Continue from the newest checkpoint (or from scratch if the run died before the first).
+    def collection_left(self) -> bool:
+        """Whether the schedule will still collect real experience from where it stands."""
+        s, c = self.cfg.schedule, self.counters
+        if not c.initial_collect_done:
+            return True
+        return (
+            c.epoch < s.epochs
+            and c.env_steps < s.env_steps_budget
+            and s.collect_steps_per_epoch > 0
+        )
 
-        Episodes that finished after that checkpoint are on disk and stay in replay; their steps
-        are added to the step counter, so the real-experience budget stays honest. Episodes that
-        had not finished when the process died are lost: a real game cannot be restored.
+    def _check_episodes(self, path: Path, meta: dict[str, Any]) -> None:
+        """Replay must hold every episode the checkpoint counted, each file unchanged."""
+        recorded = meta.get("episodes") or {}
+        count = int(self.counters.replay_episodes)
+        if len(self.store) < count:
+            missing = [self.store.path_of(i) for i in range(len(self.store), count)]
+            names = ", ".join(p.name for p in missing[:3] if p is not None)
+            raise UserError(
+                f"replay is missing {count - len(self.store)} episode file(s) that checkpoint "
+                f"{path} counted ({names}{', ...' if len(missing) > 3 else ''} in "
+                f"{self.run_dir.episodes}): restore them from a backup to resume this run"
+            )
+        digests = self.store.digests()
+        for i, expected in enumerate(recorded.get("sha256") or []):
+            if i < len(digests) and digests[i] is not None and digests[i] != expected:
+                raise UserError(
+                    f"replay episode file {self.store.path_of(i)} differs from the one checkpoint "
+                    f"{path} recorded (its sha256 changed: flipped bytes or a replaced file): "
+                    "restore it from a backup to resume this run"
+                )
+
+    def restore(self) -> None:
+        """Continue from the newest checkpoint (or from scratch if the run died before the first)
+        exactly as if the run had never stopped.
+
+        Weights, optimizers, samplers and every RNG come from the checkpoint; the real games are
+        brought back to where they stood by replaying their recorded actions from their seed.
+        Episodes that finished after the checkpoint are held back, and each is checked against
+        the same episode when the resumed run plays it again (its file is reused: nothing is
+        stored or counted twice). Only if the games cannot be replayed (a changed ale-py, say)
+        does the run go on from a fresh env seed, keeping those episodes and counting their steps.
         """
         path = latest_checkpoint(self.run_dir.checkpoints)
+        saved_collector = None
         if path is not None:
-            state, _ = load_checkpoint(path, self._modules(), map_location=self.device)
+            state, meta = load_checkpoint(path, self._modules(), map_location=self.device)
             self.counters = Counters(**state["counters"])
+            self._check_episodes(path, meta)
             set_global_rng_state(state["rng"])
             saved_collector = state["collector"]
+            if state.get("collect_agent") is not None:
+                self.collect_agent().load_state_dict(state["collect_agent"])
             for name, trainer in self.stage_trainers.items():
                 trainer.load_state_dict(state["stages"][name])
             if self.dream is not None and state.get("dream") is not None:
                 self.dream.sampler.load_state_dict(state["dream"])
             if self.video_sampler is not None and state.get("video") is not None:
                 self.video_sampler.load_state_dict(state["video"])
-        else:
-            saved_collector = None
         self.counters.resumes += 1
-        later = self.store.lengths()[self.counters.replay_episodes :]
-        self.counters.env_steps += int(later.sum())
-        self.collector = self._new_collector()
-        if saved_collector is not None:
-            self.collector.load_state_dict(saved_collector)
+        held = self.store.hold_back(self.counters.replay_episodes)
         where = path.name if path is not None else "the start (no checkpoint yet)"
+        problem = None
+        if saved_collector is not None and self.collection_left():
+            steps = int(saved_collector.get("vector_steps", 0))
+            if steps >= 10_000:  # a minute or so of emulation: say what the wait is
+                self.log(f"replaying the {steps:,} steps of the real games since their seed")
+            problem = self.collector.restore(saved_collector, self.collect_agent())
+        if problem is not None or (held and not self.collection_left()):
+            # The games cannot come back to the checkpoint (or will not be played again): keep
+            # what replay holds, count its steps, and collect on from a seed of this session's
+            # own (it differs with the number of resumes and of episodes in replay).
+            later = self.store.release_held()
+            self.counters.env_steps += sum(len(e) for e in later)
+            seed = derive_seed(self.cfg.run.seed, "collect", self.counters.resumes, len(self.store))
+            self.collector = self._new_collector(seed)
+            if problem is not None:
+                self.log(
+                    f"warning: the real games could not be brought back to {where} ({problem}); "
+                    "collection goes on from a fresh env seed, so this run will differ from an "
+                    "uninterrupted one"
+                )
+            held = 0
         self.log(
             f"resuming from {where}: epoch {self.counters.epoch}, {self.counters.env_steps} env "
-            f"steps, {len(self.store)} episodes in replay ({len(later)} written after it)"
+            f"steps, {len(self.store)} episodes in replay"
+            + (f" ({held} written after it, checked as they are played again)" if held else "")
         )
 
     # ---------------------------------------------------------------- the schedule
@@ -419,6 +514,7 @@ class OnlineSchedule:
         if not self.counters.initial_collect_done:
             steps = min(s.initial_collect_steps, s.env_steps_budget) - self.counters.env_steps
             self.collect(max(0, steps), initial=True)
+            self.ensure_an_episode()
             self.counters.initial_collect_done = True
             self.checkpoint()
         if self.device.type == "cpu" and self.world is not None and self.counters.epoch < s.epochs:
@@ -460,6 +556,9 @@ class OnlineSchedule:
             checkpoint=str(latest_checkpoint(self.run_dir.checkpoints)),
             env_steps=self.counters.env_steps,
         )
+        kept = keep_previous(self.run_dir.results)  # a rerun (--resume of a finished run)
+        if kept is not None:
+            self.log(f"the previous results are kept in {kept}")
         write_results(self.run_dir.results, record)
         self.log(summary_line(record))
         return record

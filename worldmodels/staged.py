@@ -38,6 +38,9 @@ class StagedSchedule(OnlineSchedule):
             self._random = RandomAgent(RandomAgent.Config(), info, seed=seed)
         return self._random
 
+    def collection_left(self) -> bool:
+        return self.counters.phase <= self.phases.index("collect")
+
     def checkpoint_name(self) -> str:
         return f"phase{self.counters.phase:02d}_{self.counters.phase_step:09d}"
 
@@ -54,6 +57,8 @@ class StagedSchedule(OnlineSchedule):
             self.collect(steps)
             self.counters.phase_step = self.counters.env_steps
             self.checkpoint()
+        self.ensure_an_episode()
+        self.counters.phase_step = self.counters.env_steps
 
     def _run_stage(self, name: str) -> None:
         trainer = self.stage_trainers[name]

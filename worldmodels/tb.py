@@ -72,11 +72,21 @@ def encode_gif(frames: np.ndarray, fps: float) -> bytes:
 
 
 class TBLogger:
-    """A thin layer over ``SummaryWriter`` with the three kinds of data a run logs."""
+    """A thin layer over ``SummaryWriter`` with the three kinds of data a run logs.
+
+    The event file is created on the first write, so a command that fails before it logs
+    anything (a refused ``--resume``, say) leaves the run directory as it was."""
 
     def __init__(self, logdir: str, *, flush_secs: int = 30) -> None:
         self.logdir = logdir
-        self.writer = SummaryWriter(logdir, flush_secs=flush_secs)
+        self.flush_secs = flush_secs
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        if self._writer is None:
+            self._writer = SummaryWriter(self.logdir, flush_secs=self.flush_secs)
+        return self._writer
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, float(value), step)
@@ -119,10 +129,12 @@ class TBLogger:
         self.writer.add_text(tag, text, step)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def progress(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from worldmodels.checks import at_least, in_range, positive
+from worldmodels.errors import UserError
 from worldmodels.graphs import CapturedCall
 from worldmodels.interfaces import Batch
 from worldmodels.replay import ReplayStore, SegmentSampler
@@ -48,10 +50,25 @@ class StageTraining:
     """AdamW weight decay."""
     warmup_steps: int = 100
     """Linear learning-rate warm-up from 0."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping by global norm."""
+    max_grad_norm: float = field(default=1.0, metadata={"allow_inf": True})
+    """Gradient clipping by global norm (``.inf``: no clipping)."""
     adam_eps: float = 1e-8
     """AdamW epsilon."""
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "steps_per_epoch", "first_epoch_steps", "warmup_steps", "weight_decay")
+        at_least(self, 1, "start_epoch", "batch_size", "seq_len")
+        in_range(self, 0, self.seq_len - 1, "pad_left", "pad_right")
+        positive(self, "lr", "adam_eps")
+        if not self.max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm must be > 0 (.inf: no clipping), got {self.max_grad_norm}"
+            )
+        w = self.recency_weights
+        if w is not None and (not w or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(
+                f"recency_weights must be weights >= 0 that are not all zero (or null), got {w}"
+            )
 
     def steps_in(self, epoch: int) -> int:
         """Gradient steps in ``epoch`` (1-based); 0 before ``start_epoch``."""
@@ -225,6 +242,21 @@ class Updater:
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
 
 
+class NonFiniteTraining(UserError):
+    """Too many consecutive steps of one stage had a non-finite loss or gradient norm."""
+
+
+def check_nonfinite(name: str, in_a_row: int, limit: int | None) -> None:
+    """``NonFiniteTraining`` once ``in_a_row`` consecutive steps of ``name`` were skipped for a
+    non-finite loss or gradient norm and ``limit`` (None: no limit) is reached."""
+    if limit is not None and in_a_row >= limit:
+        raise NonFiniteTraining(
+            f"{name}: {in_a_row} training steps in a row had a non-finite loss or gradient norm "
+            "(NaN or inf) and were skipped, so its weights have diverged: lower its learning "
+            "rate (or raise schedule.max_nonfinite_in_a_row) and start a new run"
+        )
+
+
 def mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
     """Average each key over the steps that reported it."""
     out: dict[str, list[float]] = {}
@@ -263,11 +295,12 @@ class StageTrainer:
 
     def __init__(
         self, stage: Stage, store: ReplayStore, device: torch.device, *, seed: int,
-        amp: bool = False, graphs: bool | str = False,
+        amp: bool = False, graphs: bool | str = False, max_nonfinite_in_a_row: int | None = None,
     ) -> None:  # fmt: skip
         cfg = stage.training
         self.stage = stage
         self.device = device
+        self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         self.updater = Updater(stage.module, cfg, device, amp=amp, graphs=graphs)
         self.sampler = SegmentSampler(
             store, cfg.seq_len, pad_left=cfg.pad_left, pad_right=cfg.pad_right,
@@ -281,11 +314,15 @@ class StageTrainer:
             )
 
     def train(self, steps: int) -> dict[str, float]:
-        """``steps`` updates; returns the mean of each logged value."""
+        """``steps`` updates; returns the mean of each logged value, and ``skipped_steps``: the
+        steps skipped so far for a non-finite loss or gradient norm. Raises
+        ``NonFiniteTraining`` after ``max_nonfinite_in_a_row`` skipped steps in a row."""
         logs = []
         for batch in self.batches(steps):
             logs.append(self.step(batch))
-        return mean_logs(logs)
+        out = mean_logs(logs)
+        out["skipped_steps"] = float(self.updater.skipped)
+        return out
 
     def step(self, batch: Batch) -> dict[str, float]:
         """One update on ``batch``; returns its logs."""
@@ -293,6 +330,7 @@ class StageTrainer:
         logs = self.updater.update(self.stage.loss, x)
         if self.stage.after_update is not None:
             self.stage.after_update()
+        check_nonfinite(self.stage.name, self.updater.skipped_in_a_row, self.max_nonfinite_in_a_row)
         return {**logs, **extra}
 
     def state_dict(self) -> dict:

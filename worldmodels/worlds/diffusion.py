@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from worldmodels.checks import at_least, positive
 from worldmodels.dynamics.diffusion.edm import EDMConfig
 from worldmodels.dynamics.diffusion.sampler import sigma_levels
 from worldmodels.dynamics.diffusion.unet import Denoiser, DenoiserNetConfig
@@ -68,6 +69,14 @@ class DiffusionWorld(nn.Module):
         """Denoiser optimisation (DIAMOND: AdamW 1e-4, clip 1, 400 steps per epoch)."""
         reward_end_training: StageTraining = field(default_factory=_reward_end_training)
         """Reward/end optimisation (DIAMOND: AdamW 1e-4, clip 100, 400 steps per epoch)."""
+
+        def __post_init__(self) -> None:
+            at_least(self, 1, "denoising_steps")
+            positive(self, "sigma_min", "rho")
+            if not self.sigma_max > self.sigma_min:
+                raise ValueError(
+                    f"sigma_max must be > sigma_min = {self.sigma_min}, got {self.sigma_max}"
+                )
 
     default_agent: ClassVar[str] = "actor_critic"
     # imagine_step (and imagine_refresh) are static: one compiled graph, one CUDA graph
