@@ -26,6 +26,7 @@ from worldmodels.cli import (
     use_amp,
 )
 from worldmodels.errors import UserError
+from worldmodels.graphs import graphs_enabled
 
 
 def parse(argv):
@@ -116,6 +117,7 @@ def main(argv=None) -> int:
         # Whatever a bad setting can break fails here, before a new run directory exists: a
         # failed start never leaves one behind that blocks the corrected command.
         device = setup_process(cfg.run)
+        graphs_enabled(cfg.run.cuda_graphs, device)  # run.cuda_graphs=on on a CPU: refused now
         make_env = env_factory(cfg.env)
         probe = make_env("train", 1)
         info = env_info_of(probe)

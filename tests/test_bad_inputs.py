@@ -193,8 +193,19 @@ FRESH = [
      "--bootstrap must be at least 1"),
 ]  # fmt: skip
 
+FRESH += [
+    ("unknown cuda_graphs", "train.py", ["--set", "run.cuda_graphs=sometimes"],
+     "run.cuda_graphs: 'sometimes' is not one of 'auto', 'on', 'off'"),
+    ("unknown dream_spares", "train.py", ["--set", "schedule.dream_spares=new"],
+     "schedule.dream_spares: 'new' is not one of 'fresh', 'shared'"),
+    ("unknown precision", "train.py", ["--set", "run.precision=fp16"],
+     "run.precision: 'fp16' is not one of"),
+]  # fmt: skip
+
 if not torch.cuda.is_available():
     FRESH.append(("no CUDA here", "train.py", ["--device", "cuda"], "no CUDA device is available"))
+    FRESH.append(("cuda graphs on a CPU", "train.py", ["--device", "cpu", "--set",
+                  "run.cuda_graphs=on"], "run.cuda_graphs=on needs a CUDA device"))  # fmt: skip
 
 FILES = [
     ("resume nowhere", "train.py", ["--resume", "TMP/nowhere"], "nowhere is not a run directory",

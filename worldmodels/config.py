@@ -271,6 +271,10 @@ def _coerce(
                 errors.append(str(exc))
         raise UserError(errors[0] if errors else f"{where}: value must not be None")
     if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML reads on/off (and yes/no) as booleans: a choice named so means the word
+            word = {True: ("on", "yes", "true"), False: ("off", "no", "false")}[value]
+            value = next((a for a in args if a in word), value)
         if value in args:
             return value
         raise UserError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
