@@ -74,12 +74,14 @@ def where_rows(mask: Tensor, a: dict[str, Any], b: dict[str, Any]) -> dict[str, 
 
 def swap_rows_(mask: Tensor, spare: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """``where_rows(mask, spare, state)`` written into ``state``'s own tensors (no new buffers:
-    a state carried in place through a CUDA graph is never copied); returns ``state``."""
+    a state carried in place through a CUDA graph is never copied); returns ``state``. The
+    running state keeps its dtypes (under autocast a step may return bf16 where the start gave
+    fp32)."""
     for key, value in state.items():
         if _shared(value):
             continue
         m = mask.view(-1, *([1] * (value.ndim - 1)))
-        torch.where(m, spare[key], value, out=value)
+        torch.where(m, spare[key].to(value.dtype), value, out=value)
     return state
 
 

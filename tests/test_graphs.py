@@ -310,3 +310,20 @@ def test_cuda_graphs_give_the_eager_results_on_cuda():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
     for a, b in zip(la, lb, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=5e-2, abs=1e-3)
+
+
+@pytest.mark.parametrize("graphs", [None, "simulate"])
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_bf16_imagination_keeps_its_dtypes(name, graphs):
+    """Under bf16 autocast a step may return bf16 entries where the start gave fp32: the in-place
+    restarts keep the running state's dtypes, and the step's outputs are what they always are."""
+    world = _world(name)
+    dream = DreamEnv(world, _store(), num_envs=3, horizon=HORIZON, device="cpu", seed=1,
+                     amp=True, graphs=graphs)  # fmt: skip
+    torch.manual_seed(0)
+    for _ in range(2):
+        dream.reset()
+        for t in range(HORIZON):
+            obs, rew, term, trunc, info = dream.step(torch.tensor([t % 4, 1, 2]))
+            assert obs.dtype == info["final_obs"].dtype == torch.uint8
+            assert rew.dtype == torch.float32 and term.dtype == trunc.dtype == torch.bool

@@ -1,5 +1,5 @@
-"""Precision that fits the device: bf16 on CPUs where it is faster (AMX), fp32 elsewhere; bf16
-training follows the fp32 loss curve."""
+"""Precision that fits the device: bf16 on CPUs where it is faster (AMX, AVX512-BF16: probed),
+fp32 elsewhere; bf16 training follows the fp32 loss curve."""
 
 import dataclasses
 
@@ -16,13 +16,19 @@ from worldmodels.training import StageTrainer
 CPU = torch.device("cpu")
 
 
-def test_amx_is_read_from_the_cpu_flags(tmp_path):
-    with_amx = tmp_path / "amx"
-    with_amx.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    without = tmp_path / "plain"
-    without.write_text("processor : 0\nflags : fpu avx512f avx512_bf16\n")
-    assert P.cpu_has_amx(with_amx) and not P.cpu_has_amx(without)
-    assert not P.cpu_has_amx(tmp_path / "missing")
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path):
+    def cpu(flags):
+        path = tmp_path / str(len(flags))
+        path.write_text(f"processor : 0\nflags : fpu {flags}\nprocessor : 1\nflags : fpu {flags}\n")
+        return path
+
+    assert P.cpu_bf16_flags(cpu("avx512f avx512_bf16 amx_bf16 amx_tile")) == [
+        "amx_bf16",
+        "avx512_bf16",
+    ]
+    assert P.cpu_bf16_flags(cpu("avx512f avx512_bf16")) == ["avx512_bf16"]
+    assert P.cpu_bf16_flags(cpu("avx512f avx2")) == []
+    assert P.cpu_bf16_flags(tmp_path / "missing") == []
 
 
 def test_auto_chooses_bf16_on_a_cpu_only_where_the_probe_finds_it_faster(monkeypatch):
@@ -35,18 +41,17 @@ def test_auto_chooses_bf16_on_a_cpu_only_where_the_probe_finds_it_faster(monkeyp
 
         return run
 
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda: [])
     monkeypatch.setattr(P, "probe_cpu_bf16", probe(9.0))
-    assert P.choose_precision("auto", CPU) == (
-        False,
-        {"precision": "fp32", "reason": "auto on a CPU without AMX"},
-    )
-    assert probes == []  # no AMX: nothing to probe
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    amp, record = P.choose_precision("auto", CPU)
+    assert not amp and record["reason"] == "auto on a CPU without bf16 instructions"
+    assert probes == []  # no bf16 instructions: nothing to probe
+    monkeypatch.setattr(P, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     amp, record = P.choose_precision("auto", CPU)
     assert amp and record["precision"] == "bf16" and record["probe"]["bf16_speedup"] == 9.0
+    assert "avx512_bf16" in record["reason"]
     monkeypatch.setattr(P, "probe_cpu_bf16", probe(1.05))
-    assert P.choose_precision("auto", CPU)[0] is False  # AMX, but not faster here
+    assert P.choose_precision("auto", CPU)[0] is False  # bf16 instructions, but not faster
     assert P.choose_precision("fp32", CPU)[0] is False and P.choose_precision("bf16", CPU)[0]
     assert P.choose_precision("auto", torch.device("cuda"))[0]
 

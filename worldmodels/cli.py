@@ -155,7 +155,7 @@ def precision_choice(run: C.RunConfig, device: torch.device) -> tuple[bool, dict
 
 
 def use_amp(run: C.RunConfig, device: torch.device) -> bool:
-    """bf16 autocast? ``auto``: on CUDA, and on CPUs where bf16 is faster (AMX, probed)."""
+    """bf16 autocast? ``auto``: on CUDA, and on CPUs where bf16 is faster (AMX or AVX512-BF16, probed)."""
     return precision_choice(run, device)[0]
 
 

@@ -144,7 +144,7 @@ class RunConfig:
     """Allow TF32 matmuls on CUDA (set once in the entry point)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Autocast for the networks: auto = bf16 on CUDA and on CPUs where a start-up probe finds it
-    faster (AMX); fp32 on other CPUs, where bf16 is slower. The choice is recorded in the run."""
+    faster (AMX or AVX512-BF16); fp32 on other CPUs. The choice is recorded in the run."""
     channels_last: bool = True
     """Keep convolution weights and activations channels-last (faster convs on CPU and GPU)."""
     compile: bool = False
