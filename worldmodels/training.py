@@ -126,9 +126,10 @@ class Updater:
         if self.graphs:
             # Static on the device: the learning rate (a tensor the schedule fills in place) and
             # the step counters (capturable), so that replays see the schedule.
+            self._lr = torch.tensor(cfg.lr, device=device)
             self.optimizer = torch.optim.AdamW(
-                params, lr=torch.tensor(cfg.lr, device=device), weight_decay=cfg.weight_decay,
-                eps=cfg.adam_eps, fused=True, capturable=True,
+                params, lr=self._lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+                fused=True, capturable=True,
             )  # fmt: skip
         else:
             self.optimizer = torch.optim.AdamW(
@@ -139,7 +140,11 @@ class Updater:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
-        self.scheduler.base_lrs = [cfg.lr]  # a float either way (fills a tensor lr in place)
+        self.scheduler.base_lrs = [cfg.lr]  # a float either way
+        if self.graphs:  # the first step's rate, in the one tensor the graph reads
+            self._lr.fill_(cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr
         self.steps = 0
         self.skipped = 0
         """Steps skipped so far because the loss or the gradient norm was not finite."""
@@ -166,7 +171,14 @@ class Updater:
             self.skipped_in_a_row += 1
         self.scheduler.step()
         self.steps += 1
-        logs["lr"] = self.cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        lr = self.cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        if self.graphs:
+            # The captured optimizer step reads this one tensor: fill it in place, whatever the
+            # scheduler did with the group's entry (torch versions differ there).
+            self._lr.fill_(lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr
+        logs["lr"] = lr
         return logs
 
     def _eager_step(self, loss_fn: Callable, x: Any) -> tuple[dict[str, float], bool]:
@@ -227,7 +239,8 @@ class Updater:
             lr = float(group["lr"])
             if self.graphs:
                 group.update(capturable=True, fused=True, foreach=None)
-                group["lr"] = torch.tensor(lr, device=self.device)
+                self._lr.fill_(lr)
+                group["lr"] = self._lr
                 for p in group["params"]:
                     st = self.optimizer.state.get(p, {})
                     if "step" in st:
