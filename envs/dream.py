@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from worldmodels.graphs import CapturedCall
+from worldmodels.graphs import CapturedCall, capture_refusal
 from worldmodels.interfaces import Batch
 from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.training import autocast
@@ -201,10 +201,9 @@ class DreamEnv:
             recency_weights=recency_weights, seed=seed,
         )  # fmt: skip
         self._refresh_due = getattr(world, "imagine_refresh_due", None)
-        if graphs or capture is not None:
-            why = getattr(world, "graph_capture", "it does not declare graph_capture = True")
-            if why is not True:
-                raise ValueError(f"{type(world).__name__}'s imagination cannot be captured: {why}")
+        why = capture_refusal(world) if graphs or capture is not None else None
+        if why is not None:
+            raise ValueError(f"{type(world).__name__}'s imagination cannot be captured: {why}")
         wrap = capture or (lambda fn, name: fn)
         self._step_fn = wrap(self._static_step, "imagine_step")
         self._refresh_fn = wrap(self._static_refresh, "imagine_refresh")

@@ -1,7 +1,7 @@
 """``DreamVecEnv``: a ``DreamEnv`` behind stable-baselines3's ``VecEnv`` interface.
 
 SB3 algorithms step numpy ``VecEnv`` s. This adapter turns the dream's batched torch tensors into
-what SB3 expects (ECOSYSTEM.md, "stable-baselines3 with a torch-batched env"):
+what SB3 expects of a custom vector env (see docs/agents.md, "stable-baselines3 algorithms"):
 
 * numpy observations (uint8 ``(N, C, H, W)`` frames, channel-first, which SB3's ``CnnPolicy``
   takes as is; or float32 ``(N, D)`` features when the dream observes features), float32 rewards,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 
 from agents.random import RandomAgent
@@ -133,19 +134,7 @@ TINY_WORLD = [
     "--set", "schedule.checkpoint_every=3",
     "--set", "schedule.test_every=0",
     "--set", "schedule.video_every=0",
-    "--set", "eval.episodes=1",
-    "--set", "eval.video_max_frames=20",
-    "--set", "world.denoiser_training.first_epoch_steps=2",
-    "--set", "world.denoiser_training.steps_per_epoch=1",
-    "--set", "world.denoiser_training.batch_size=2",
-    "--set", "world.reward_end_training.first_epoch_steps=2",
-    "--set", "world.reward_end_training.steps_per_epoch=1",
-    "--set", "world.reward_end_training.batch_size=2",
-    "--set", "agent.training.first_epoch_steps=2",
-    "--set", "agent.training.steps_per_epoch=1",
-    "--set", "agent.num_envs=2",
-    "--set", "agent.horizon=3",
-    "--set", "run.progress=false",
+    *tiny.DIFFUSION,
 ]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

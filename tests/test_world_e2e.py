@@ -4,6 +4,7 @@ and SIGKILL + ``--resume`` continuing every counter and optimizer."""
 import json
 
 import pytest
+import tiny
 import torch
 from tb_read import tags
 from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_train
@@ -19,19 +20,7 @@ TINY_WORLD = [
     "--set", "schedule.test_every=1",
     "--set", "schedule.video_every=1",
     "--set", "schedule.video_horizon=3",
-    "--set", "eval.episodes=1",
-    "--set", "eval.video_max_frames=20",
-    "--set", "world.denoiser_training.first_epoch_steps=2",
-    "--set", "world.denoiser_training.steps_per_epoch=1",
-    "--set", "world.denoiser_training.batch_size=2",
-    "--set", "world.reward_end_training.first_epoch_steps=2",
-    "--set", "world.reward_end_training.steps_per_epoch=1",
-    "--set", "world.reward_end_training.batch_size=2",
-    "--set", "agent.training.first_epoch_steps=2",
-    "--set", "agent.training.steps_per_epoch=1",
-    "--set", "agent.num_envs=2",
-    "--set", "agent.horizon=3",
-    "--set", "run.progress=false",
+    *tiny.DIFFUSION,
 ]  # fmt: skip
 
 

@@ -64,6 +64,13 @@ def graphs_enabled(setting: str, device: torch.device) -> bool:
     return setting != "off" and device.type == "cuda"
 
 
+def capture_refusal(world: Any) -> str | None:
+    """Why ``world``'s imagination cannot be captured (None if it declares that it can:
+    ``graph_capture = True``; a world may set it to a sentence saying why not)."""
+    why = getattr(world, "graph_capture", "it does not declare graph_capture = True")
+    return None if why is True else str(why)
+
+
 def _key(leaves: list[Any], spec: Any) -> tuple:
     sig = []
     for leaf in leaves:
@@ -183,28 +190,3 @@ class CapturedCall:
             for dst, src in zip(entry.static_in, leaves, strict=True):
                 if isinstance(src, Tensor) and src is not dst:
                     dst.copy_(src)
-
-    def static_inputs(self) -> list[list[Any]]:
-        """The static input leaves of every captured key (callers may write into them)."""
-        return [e.static_in for e in self._entries.values() if e.static_out is not None]
-
-
-def maybe_captured(
-    fn: Callable[..., Any], enabled: bool, *, mode: Mode = "cuda", warmup: int = 2, name: str = ""
-) -> Callable[..., Any]:
-    """``CapturedCall(fn)`` where ``enabled``, else ``fn`` itself."""
-    return CapturedCall(fn, mode=mode, warmup=warmup, name=name) if enabled else fn
-
-
-@contextlib.contextmanager
-def no_sync_allowed(device: torch.device):
-    """Raise on any host synchronisation inside (CUDA only; a no-op on CPU)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)

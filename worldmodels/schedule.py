@@ -21,7 +21,7 @@ from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
 from worldmodels.config import Config, to_dict
 from worldmodels.errors import UserError
-from worldmodels.graphs import graphs_enabled
+from worldmodels.graphs import capture_refusal, graphs_enabled
 from worldmodels.observe import Observer
 from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.results import keep_previous, results_record, summary_line, write_results
@@ -128,8 +128,8 @@ class OnlineSchedule:
         """``run.cuda_graphs`` for this world: "cuda" or None (with a line saying why not)."""
         if not graphs_enabled(cfg.run.cuda_graphs, device) or world is None:
             return None
-        why = getattr(world, "graph_capture", "it does not declare graph_capture = True")
-        if why is True:
+        why = capture_refusal(world)
+        if why is None:
             return "cuda"
         name = getattr(world, "registry_name", type(world).__name__)
         if cfg.run.cuda_graphs == "on":

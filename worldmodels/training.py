@@ -141,10 +141,8 @@ class Updater:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.scheduler.base_lrs = [cfg.lr]  # a float either way
-        if self.graphs:  # the first step's rate, in the one tensor the graph reads
-            self._lr.fill_(cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr
+        if self.graphs:  # the first step's rate
+            self._set_lr(cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch))
         self.steps = 0
         self.skipped = 0
         """Steps skipped so far because the loss or the gradient norm was not finite."""
@@ -173,13 +171,17 @@ class Updater:
         self.steps += 1
         lr = self.cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         if self.graphs:
-            # The captured optimizer step reads this one tensor: fill it in place, whatever the
-            # scheduler did with the group's entry (torch versions differ there).
-            self._lr.fill_(lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr
+            self._set_lr(lr)
         logs["lr"] = lr
         return logs
+
+    def _set_lr(self, lr: float) -> None:
+        """The captured optimizer step reads one learning-rate tensor: fill it in place, and
+        make it every group's, whatever the scheduler did with the entry (torch versions
+        differ there)."""
+        self._lr.fill_(lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr
 
     def _eager_step(self, loss_fn: Callable, x: Any) -> tuple[dict[str, float], bool]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -239,8 +241,7 @@ class Updater:
             lr = float(group["lr"])
             if self.graphs:
                 group.update(capturable=True, fused=True, foreach=None)
-                self._lr.fill_(lr)
-                group["lr"] = self._lr
+                self._set_lr(lr)
                 for p in group["params"]:
                     st = self.optimizer.state.get(p, {})
                     if "step" in st:

@@ -171,9 +171,6 @@ class TransformerDynamics(nn.Module):
         self.K = config.tokens_per_frame
         self.window = config.context_frames - 1  # frames kept by imagination (+ the new one)
         self.rebuild_frames = config.rebuild_keep_frames or self.window
-        # refresh_due's memo: start_fill -> [due before step 0, 1, ..], and the fill after them
-        self._refresh_schedule: dict[int, list[bool]] = {}
-        self._schedule_fill: dict[int, int] = {}
         dim = config.gpt.embed_dim
         self.obs_embed = nn.Embedding(config.vocab_size, dim)
         self.act_embed = nn.Embedding(num_actions, dim)
@@ -371,19 +368,19 @@ class TransformerDynamics(nn.Module):
     def refresh_due(self, state: ImagState, steps: int) -> bool:
         """Whether the step after ``steps`` steps since ``start`` needs a ``refresh`` first (its
         frame would not fit in the cache). Host-side arithmetic on ``state["start_fill"]`` and the
-        config only: nothing is read from the device."""
+        config only: nothing is read from the device. Every step appends ``K + 1`` tokens, so
+        the first refresh comes when the start's fill has grown to the cache's end, and the later
+        ones periodically from the fill a refresh leaves."""
         k, m = self.K, self.cfg.max_tokens
-        key = int(state["start_fill"])
-        due = self._refresh_schedule.setdefault(key, [])
-        fill = key if not due else self._schedule_fill[key]
-        while len(due) <= steps:
-            full = fill + max(k + 1, 3) > m
-            if full:
-                fill = max(key, self.rebuild_frames * (k + 1) - 2)
-            due.append(full)
-            fill += k + 1
-        self._schedule_fill[key] = fill
-        return due[steps]
+        room = m - max(k + 1, 3)  # a step needs fill <= room
+
+        def steps_until_full(fill: int) -> int:  # the first step whose fill exceeds room
+            return max(0, (room - fill) // (k + 1) + 1)
+
+        start_fill = int(state["start_fill"])
+        first = steps_until_full(start_fill)
+        period = max(1, steps_until_full(max(start_fill, self.rebuild_frames * (k + 1) - 2)))
+        return steps >= first and (steps - first) % period == 0
 
     @torch.no_grad()
     def refresh(self, state: ImagState) -> ImagState:

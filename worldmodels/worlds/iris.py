@@ -154,12 +154,6 @@ class IrisWorld(nn.Module):
         """The transformer's loss on token segments (static: a CUDA graph can replay it)."""
         return self.dynamics.loss(x.tokens, x.act, x.rew, x.end, x.mask)
 
-    def transformer_loss(self, batch: Batch) -> tuple[Tensor, dict]:
-        """The transformer on cached tokens of the batch's frames (re-encoded only if stale)."""
-        x, extra = self.segment_tokens(batch)
-        loss, logs = self.token_loss(x)
-        return loss, {**logs, **extra}
-
     def stages(self) -> dict[str, Stage]:
         c = self.config
         return {

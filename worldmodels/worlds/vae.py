@@ -102,10 +102,6 @@ class VAEWorld(nn.Module):
         """The MDN-RNN's loss on latent segments (``obs`` holds the latents; static)."""
         return self.mdn.loss(x.obs, x.act, x.rew, x.end, x.mask)
 
-    def mdn_loss(self, batch: Batch) -> tuple[Tensor, dict]:
-        """The MDN-RNN on latent sequences of the (frozen) VAE, encoded once per VAE version."""
-        return self.latent_loss(self.segment_latents(batch)[0])
-
     def stages(self) -> dict[str, Stage]:
         c = self.config
         return {
