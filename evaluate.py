@@ -25,6 +25,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from worldmodels import config as C
 from worldmodels.cli import (
@@ -64,6 +65,11 @@ def parse(argv):
         "--samples", type=int, default=1,
         help="rollouts per context, for reward / end accuracy over samples (default: 1)",
     )  # fmt: skip
+    g.add_argument(
+        "--checkpoints", choices=("latest", "all"), default="latest",
+        help="each run's latest checkpoint, or every checkpoint it kept (a learning curve of world "
+        "quality; schedule.keep_checkpoints sets how many a run keeps) (default: latest)",
+    )  # fmt: skip
     g = p.add_argument_group("the results table (--table)")
     g.add_argument(
         "--table", nargs="+", metavar="RESULTS",
@@ -87,10 +93,13 @@ def _refuse_flags(args, mode: str, names: tuple[str, ...]) -> None:
 
 def compare_main(args) -> int:
     """Wiring of ``--compare``: runs -> worlds with their weights -> ``worldmodels.compare``."""
+    from envs.atari_config import AtariConfig
+    from worldmodels.aggregate import protocol_differences
     from worldmodels.build import build_world, env_factory, env_info_of
-    from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
+    from worldmodels.checkpoint import complete_checkpoints, latest_checkpoint, load_checkpoint
     from worldmodels.cli import use_amp
     from worldmodels.compare import (
+        BASELINES,
         compare_worlds,
         format_comparison,
         log_comparison,
@@ -126,23 +135,47 @@ def compare_main(args) -> int:
                 f"{run.root} has no world to compare (it trained {cfg.agent.name} alone)"
             )
     first, base = runs[0], cfgs[0]
+    notes: list[str] = []
     for run, cfg in zip(runs[1:], cfgs[1:], strict=True):
         if cfg.env.game != base.env.game:
             raise UserError(
                 f"{first.root} plays {base.env.game} and {run.root} plays {cfg.env.game}: "
                 "compare worlds of one game"
             )
-        a, b = base.env.protocol_values(), cfg.env.protocol_values()
-        keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        if keys:
-            diffs = ", ".join(f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys)
-            raise UserError(f"{first.root} and {run.root} have different env protocols: {diffs}")
-    labels = []
-    for run in runs:  # run directory names, made unique
-        label, i = run.root.resolve().name, 2
-        while label in labels:
-            label, i = f"{run.root.resolve().name}-{i}", i + 1
-        labels.append(label)
+        bad, allowed = protocol_differences(
+            base.env.protocol_values(), cfg.env.protocol_values(), AtariConfig.DYNAMICS_KEYS
+        )
+        if bad:
+            raise UserError(
+                f"{first.root} and {run.root} have env protocols that change what a world "
+                f"predicts: {', '.join(bad)}"
+            )
+        for x in allowed:
+            notes.append(
+                f"{first.root} and {run.root} differ in {x}: allowed (does not change the "
+                f"comparison; the real data follows {first.root}'s protocol)"
+            )
+    # (run, checkpoint, label): each run's latest checkpoint, or with --checkpoints all every one
+    # it kept (a learning curve of world quality); labels are run directory names, made unique
+    entries: list[tuple[Any, Any, Path, str]] = []
+    labels: list[str] = []
+    for run, cfg in zip(runs, cfgs, strict=True):
+        ckpts = (
+            complete_checkpoints(run.checkpoints)
+            if args.checkpoints == "all"
+            else [c for c in [latest_checkpoint(run.checkpoints)] if c is not None]
+        )
+        if not ckpts:
+            raise UserError(f"{run.root} has no checkpoint yet (nothing to compare)")
+        for ckpt in ckpts:
+            stem = run.root.resolve().name
+            if args.checkpoints == "all":
+                stem = f"{stem}@{ckpt.name}"
+            label, i = stem, 2
+            while label in labels or label in BASELINES:
+                label, i = f"{stem}-{i}", i + 1
+            labels.append(label)
+            entries.append((run, cfg, ckpt, label))
 
     name = args.name or "compare-{}-{}".format(
         "-".join(label[:40] for label in labels), time.strftime("%Y%m%d-%H%M%S")
@@ -156,10 +189,7 @@ def compare_main(args) -> int:
     try:
         info = env_info_of(env)
         worlds, amp, inputs = {}, {}, []
-        for label, run, cfg in zip(labels, runs, cfgs, strict=True):
-            ckpt = latest_checkpoint(run.checkpoints)
-            if ckpt is None:
-                raise UserError(f"{run.root} has no checkpoint yet (nothing to compare)")
+        for run, cfg, ckpt, label in entries:
             world = build_world(cfg.world, info, device=device, channels_last=cfg.run.channels_last)
             _, meta = load_checkpoint(ckpt, {"world": world}, map_location=device)
             worlds[label] = world.eval()
@@ -203,9 +233,11 @@ def compare_main(args) -> int:
             "data": "fresh real test-mode episodes, uniformly random policy, seeded",
             "end_label": "game over" + (" or life loss (life_loss_terminal)"
                                         if base.env.life_loss_terminal else ""),
-            "env_spec": spec, "versions": ver,
+            "env_spec": spec, "versions": ver, "protocol_notes": notes,
         },
     )  # fmt: skip
+    for note in notes:
+        print(f"note: {note}")
     print(format_comparison(comparison))
     print(f"wrote {out.root} (TensorBoard: tensorboard --logdir {out.tb})")
     return 0
@@ -227,6 +259,8 @@ def table_main(args) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     table = build_table(records, reps=args.bootstrap, seed=0 if args.seed is None else args.seed)
+    for note in table["protocol_notes"]:
+        print(f"note: {note}")
     for w in table["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     table["inputs"] = [r["_path"] for r in records]

@@ -49,6 +49,19 @@ class AtariConfig:
         at_least(self, 0, "noop_max")
         in_range(self, 0.0, 1.0, "sticky_action_prob")
 
+    SCORE_KEYS = (
+        "frame_skip", "sticky_action_prob", "full_action_space", "noop_max", "fire_reset",
+        "max_episode_frames",
+    )  # fmt: skip
+    """Protocol values that change a real game's return: results that differ in them are never
+    aggregated (``max_episode_frames`` may differ where no episode reached the lower cap)."""
+    DYNAMICS_KEYS = (
+        "frame_skip", "max_pool", "pool_order", "size", "sticky_action_prob",
+        "full_action_space", "life_loss_terminal",
+    )  # fmt: skip
+    """Protocol values that change what a world must predict (the frames, the action set, the
+    dynamics, what counts as an end): worlds that differ in them are never compared."""
+
     def protocol_values(self) -> dict:
         """The fields that define the protocol (not the game or the backend): runs may be compared
         or aggregated only when these are equal."""

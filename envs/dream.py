@@ -212,6 +212,10 @@ class DreamEnv:
         self._spare_obs: Tensor | None = None
         self._t: Tensor | None = None
         self._steps = 0  # since reset(): when a refresh is due (host arithmetic, no read-back)
+        # Imagined reward and end sums (on the device: no read-back per step) and the row-steps
+        # they cover, for the run's "imagined beside real" curves (take_imagined_stats).
+        self._imagined_sums = torch.zeros(2, device=self.device)
+        self._imagined_steps = 0
 
     @property
     def starts_per_reset(self) -> int:
@@ -303,6 +307,18 @@ class DreamEnv:
         with torch.no_grad(), autocast(self.device, self.amp):
             return self.world.imagine_refresh(state)
 
+    def take_imagined_stats(self) -> dict[str, float] | None:
+        """``reward_per_step`` and ``end_rate`` over the row-steps taken by ``step`` since the last
+        call (one read-back), then zeroed; None if there were none. Updates that roll the dream
+        out inside one captured function (the actor-critic's) do not pass through ``step``, and
+        report the same numbers in their own logs."""
+        if self._imagined_steps == 0:
+            return None
+        reward, ends = (self._imagined_sums / self._imagined_steps).tolist()
+        self._imagined_sums.zero_()
+        self._imagined_steps = 0
+        return {"reward_per_step": reward, "end_rate": ends}
+
     # ------------------------------------------------------------------ stepping
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -328,6 +344,8 @@ class DreamEnv:
             )
         self._state, self._t = state, t
         self._steps += 1
+        self._imagined_sums += torch.stack((reward.float().sum(), end.float().sum()))
+        self._imagined_steps += self.num_envs
         # Copies: a captured step overwrites its outputs at the next call, and an agent may
         # keep these (or feed them into its autograd graph).
         info = {"final_obs": final_obs.clone()}

@@ -161,6 +161,39 @@ def test_different_protocols_are_refused(tmp_path):
         build_table(records)
 
 
+def _with_lengths(d, lengths):
+    rec = json.loads((d / "results.json").read_text())
+    rec["lengths"] = lengths
+    (d / "results.json").write_text(json.dumps(rec))
+    return d
+
+
+def test_an_episode_cap_that_ended_no_episode_is_named_not_refused(tmp_path):
+    smoke = {**PROTOCOL, "max_episode_frames": 4000}  # a smoke run's cap beside a full run's
+    a = _with_lengths(_write(tmp_path / "a", "Breakout", 0, 5.0), [300, 900])
+    b = _with_lengths(_write(tmp_path / "b", "Breakout", 1, 4.0, protocol=smoke), [250, 999])
+    table = build_table(load_results([a, b])[0], reps=50)
+    assert len(table["protocol_notes"]) == 1
+    assert (
+        "max_episode_frames (108000 vs 4000): does not change the returns"
+        in (table["protocol_notes"][0])
+    )
+    # ... but where an episode may have been cut by the lower cap (4 x 1000 = 4000 frames), or
+    # the lengths are unknown, the returns may differ: refused in one line
+    c = _with_lengths(_write(tmp_path / "c", "Breakout", 2, 4.0, protocol=smoke), [1000])
+    with pytest.raises(UserError, match=r"max_episode_frames \(108000 vs 4000, and an episode"):
+        build_table(load_results([a, c])[0])
+    d = _write(tmp_path / "d", "Breakout", 3, 4.0, protocol=smoke)  # no lengths recorded
+    with pytest.raises(UserError, match="max_episode_frames"):
+        build_table(load_results([a, d])[0])
+    # input-side protocol values (observation size, pooling) do not change a game's return
+    e = _write(
+        tmp_path / "e", "Breakout", 4, 4.0, protocol={**PROTOCOL, "pool_order": "resize_then_max"}
+    )
+    notes = build_table(load_results([a, e])[0], reps=50)["protocol_notes"]
+    assert len(notes) == 1 and "pool_order" in notes[0]
+
+
 @pytest.mark.slow
 def test_evaluate_table_cli(tmp_path):
     dirs = _four_runs(tmp_path)

@@ -261,14 +261,22 @@ def test_compare_fake_worlds_scores_logs_and_files(tmp_path):
     record = json.loads((tmp_path / "compare.json").read_text())
     assert record["game"] == "fake" and record["video_columns"][0] == "real"
     assert record["worlds"]["perfect_long"]["psnr_mean"] == PSNR_CAP_DB
+    assert set(record["baseline_scores"]) == {"copy-last", "mean-frame"}
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
-    assert len(rows) == 3 * horizon and rows[0] == {
-        "horizon_step": "1", "world": "perfect_long", "psnr": "100.0000", "ssim": "1.00000"
-    }  # fmt: skip
+    assert len(rows) == 5 * horizon  # 2 baselines + 3 worlds
+    assert [r["world"] for r in rows[::horizon]] == ["copy-last", "mean-frame", *worlds]
+    perfect = rows[2 * horizon]
+    assert perfect["psnr"] == "100.0000" and perfect["ssim"] == "1.00000"
     assert len(list((tmp_path / "gifs").glob("context_*.gif"))) == 5
     table = format_comparison(cmp, every=2)
-    assert "perfect_short" in table and "reward-sign accuracy" in table
-    assert len([ln for ln in table.splitlines() if ln.split()[0] in {"1", "2", "4", "6"}]) == 4
+    lines = table.splitlines()
+    assert lines[1].split() == ["h", "moving", "copy-last", "mean-frame", *worlds]
+    assert len([ln for ln in lines if ln.split() and ln.split()[0] in {"1", "2", "4", "6"}]) == 4
+    assert "base rate" in table and "reward open R/P/F1" in table and "end t-f R/P/F1" in table
+    for s in ("perfect_long", "perfect_short"):  # a perfect world finds every event, no other
+        for kind in ("reward", "end"):
+            ol = cmp.scores[s].open_loop[kind]
+            assert ol["recall"] == ol["precision"] == ol["f1"] == 1.0, (s, kind)
 
 
 def test_compare_refuses_short_or_padded_segments():
@@ -343,14 +351,16 @@ def test_evaluate_compare_two_real_runs(tmp_path):
     res = run("evaluate.py", "--compare", runs / "diff", runs / "iris", "--horizon", "6",
               "--contexts", "2", "--name", "cmp", cwd=tmp_path)  # fmt: skip
     lines = res.stdout.splitlines()
-    assert lines[1].split() == ["h", "diff", "iris"]
+    assert lines[1].split() == ["h", "moving", "copy-last", "mean-frame", "diff", "iris"]
     assert [ln.split()[0] for ln in lines[3:10]] == ["1", "2", "3", "4", "5", "6", "mean"]
-    assert all(len(ln.split()) == 5 for ln in lines[3:10])  # h, then PSNR and SSIM per world
+    assert all(len(ln.split()) == 2 + 3 * 4 for ln in lines[3:10])  # h, moving, then 3 per column
+    assert "base rate" in res.stdout and "end t-f R/P/F1" in res.stdout
     out = runs / "cmp"
     ev = read_events(out / "tb")
     tags = ev.Tags()
     for label in ("diff", "iris"):
-        for name in ("psnr", "ssim", "reward_accuracy", "end_accuracy", "frames_per_s"):
+        names = ("psnr", "ssim", "reward_accuracy", "end_accuracy", "frames_per_s")
+        for name in names:
             assert f"compare/{label}/{name}" in tags["scalars"], (label, name)
         assert len(ev.Scalars(f"compare/{label}/psnr")) == 6
     assert {"compare/context_0", "compare/context_1"} <= set(tags["images"])
@@ -361,8 +371,34 @@ def test_evaluate_compare_two_real_runs(tmp_path):
     assert all(0 < v["psnr_mean"] < PSNR_CAP_DB for v in record["worlds"].values())
     assert (out / "curves.csv").exists() and (out / "gifs" / "context_1.gif").exists()
 
-    # runs of another protocol or game are refused in one line, before any work
-    for key, value, needle in (("max_episode_frames", 108000, "max_episode_frames (4000 vs 108000)"),
+    for w in ("diff", "iris"):  # teacher-forced reward / end scores for every world
+        assert set(record["worlds"][w]["teacher_forced"]) == {
+            "reward",
+            "reward+1",
+            "reward-1",
+            "end",
+        }
+    assert set(record["baseline_scores"]) == {"copy-last", "mean-frame"}
+
+    # a learning curve: every checkpoint a run kept, one column each
+    res = run("evaluate.py", "--compare", runs / "diff", "--checkpoints", "all", "--horizon", "2",
+              "--contexts", "1", "--name", "curve", cwd=tmp_path)  # fmt: skip
+    kept = sorted(p.name for p in (runs / "diff" / "checkpoints").iterdir() if p.is_dir())
+    assert len(kept) == 2
+    assert res.stdout.splitlines()[1].split()[4:] == [f"diff@{k}" for k in kept]
+
+    # a protocol difference that cannot change the comparison is named and allowed ...
+    other = runs / "other-cap"
+    shutil.copytree(runs / "iris", other)
+    cfg = other / "config.yaml"
+    text = cfg.read_text()
+    old = next(ln for ln in text.splitlines() if ln.startswith("  max_episode_frames:"))
+    cfg.write_text(text.replace(old, "  max_episode_frames: 108000", 1))
+    res = run("evaluate.py", "--compare", runs / "diff", other, "--horizon", "2", "--contexts", "1",
+              "--name", "capped", cwd=tmp_path)  # fmt: skip
+    assert "note: " in res.stdout and "max_episode_frames (4000 vs 108000): allowed" in res.stdout
+    # ... one that changes what a world predicts, or another game, is refused in one line
+    for key, value, needle in (("sticky_action_prob", 0.25, "sticky_action_prob (0.0 vs 0.25)"),
                                ("game", "Pong", "plays Breakout and")):  # fmt: skip
         other = runs / f"other-{key}"
         shutil.copytree(runs / "iris", other)
@@ -373,3 +409,127 @@ def test_evaluate_compare_two_real_runs(tmp_path):
         res = run("evaluate.py", "--compare", runs / "diff", other, cwd=tmp_path, check=False)
         err = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(err) == 1 and needle in err[0], res.stderr
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def _moving_square_segments(n=3, length=8, static=False):
+    """``n`` segments of random backgrounds where a 4x4 square (all channels) takes the value
+    ``10 t`` at row ``t`` (unless ``static``); rewards +1 / -1 / 0 and ends at known rows."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 200, (n, 1, 3, 16, 16), generator=g, dtype=torch.uint8)
+    obs = base.expand(n, length, 3, 16, 16).clone()
+    if not static:
+        for t in range(length):
+            obs[:, t, :, 4:8, 4:8] = 10 * t
+    rew = torch.zeros(n, length)
+    rew[0, 3], rew[1, 4], rew[2, 5] = 1.0, -1.0, 1.0
+    end = torch.zeros(n, length, dtype=torch.bool)
+    end[1, 4] = True
+    return Batch(
+        obs=obs, act=torch.zeros(n, length, dtype=torch.int64), rew=rew, end=end,
+        trunc=torch.zeros(n, length, dtype=torch.bool), mask=torch.ones(n, length, dtype=torch.bool),
+    )  # fmt: skip
+
+
+class ProbWorld(torch.nn.Module):
+    """Imagines grey frames; teacher-forced it predicts constant probabilities (or the truth)."""
+
+    context_len = 2
+
+    def __init__(self, reward_probs=None, end_prob=None, segments=None):
+        super().__init__()
+        self.p_rew, self.p_end, self.seg = reward_probs, end_prob, segments
+
+    def imagine_start(self, obs, act, mask):
+        return {}, obs[:, -1]
+
+    def imagine_step(self, state, action, *, render=True):
+        b = action.shape[0]
+        return (
+            state,
+            torch.full((b, 3, 16, 16), 128, dtype=torch.uint8),
+            torch.zeros(b),
+            (torch.zeros(b, dtype=torch.bool)),
+        )
+
+    def reward_end_probs(self, obs, act, mask):
+        b, t = obs.shape[:2]
+        if self.seg is not None:  # the truth, one-hot
+            rew = torch.nn.functional.one_hot(self.seg.rew[:, : t - 1].sign().long() + 1, 3)
+            return rew.float(), self.seg.end[:, : t - 1].float()
+        return (
+            torch.tensor(self.p_rew).expand(b, t - 1, 3),
+            torch.full((b, t - 1), self.p_end),
+        )
+
+
+def test_baselines_match_their_closed_forms():
+    horizon, c = 5, 2
+    seg = _moving_square_segments()
+    cmp = compare_worlds({"w": ProbWorld([0.1, 0.8, 0.1], 0.25)}, seg, horizon=horizon)
+    assert cmp.baselines == ["copy-last", "mean-frame"] and cmp.columns[-1] == "w"
+    assert cmp.moving_fraction == pytest.approx([16 / 256] * horizon)  # the square moves
+    last = seg.obs[:, c - 1].double() / 255
+    copy = cmp.scores["copy-last"]
+    for h in range(1, horizon + 1):
+        d = 10 * h / 255  # the square is 10 h levels off the last context frame, elsewhere exact
+        assert copy.psnr[h - 1] == pytest.approx(10 * math.log10(1 / (d * d * 16 / 256)))
+        assert copy.moving_psnr[h - 1] == pytest.approx(10 * math.log10(1 / (d * d)))
+        target = seg.obs[:, c - 1 + h].double() / 255
+        assert copy.ssim[h - 1] == pytest.approx(float(ssim(last, target).mean()))
+    mean = seg.obs.double().mean(dim=(0, 1)).round() / 255  # the held-out mean frame, 8 bits
+    mf = cmp.scores["mean-frame"]
+    for h in range(1, horizon + 1):
+        target = seg.obs[:, c - 1 + h].double() / 255
+        assert mf.psnr[h - 1] == pytest.approx(float(psnr(mean.expand_as(target), target).mean()))
+    # rewards 0, no ends: nothing found, no precision (nothing predicted), base rates of the data
+    real = seg.rew[:, c - 1 : c - 1 + horizon]
+    for b in ("copy-last", "mean-frame"):
+        ol = cmp.scores[b].open_loop
+        assert ol["reward"]["recall"] == 0.0 and ol["reward"]["precision"] is None
+        assert ol["reward"]["base_rate"] == pytest.approx(float((real != 0).double().mean()))
+        assert ol["reward+1"]["real"] == 2 and ol["reward-1"]["real"] == 1
+        assert ol["end"]["recall"] == 0.0 and ol["end"]["base_rate"] == pytest.approx(1 / 15)
+        assert cmp.scores[b].teacher_forced is None and cmp.scores[b].frames_per_s is None
+        assert cmp.scores[b].reward_accuracy == pytest.approx(12 / 15)
+
+    static = _moving_square_segments(static=True)
+    cmp = compare_worlds({"w": ProbWorld([0.1, 0.8, 0.1], 0.25)}, static, horizon=horizon)
+    copy = cmp.scores["copy-last"]
+    assert copy.psnr == [PSNR_CAP_DB] * horizon  # a static clip: copy-last is exact (capped)
+    assert copy.ssim == pytest.approx([1.0] * horizon)
+    assert copy.moving_psnr == [None] * horizon and cmp.moving_fraction == [0.0] * horizon
+    assert "mPSNR" in format_comparison(cmp) and "-" in format_comparison(cmp).splitlines()[3]
+
+
+def test_teacher_forced_scores_are_expectations_over_the_sampling():
+    horizon = 5
+    seg = _moving_square_segments()
+    cmp = compare_worlds(
+        {"const": ProbWorld([0.1, 0.8, 0.1], 0.25), "truth": ProbWorld(segments=seg)},
+        seg, horizon=horizon,
+    )  # fmt: skip
+    tf = cmp.scores["const"].teacher_forced
+    base_rew, base_end = 3 / 15, 1 / 15
+    # constant probabilities: recall = the probability of the right class, precision = the
+    # base rate times the share of predicted events with the right sign (chance level)
+    assert tf["reward"]["recall"] == pytest.approx(0.1)
+    assert tf["reward"]["precision"] == pytest.approx(base_rew / 2)
+    assert tf["reward+1"]["recall"] == pytest.approx(0.1)
+    assert tf["reward+1"]["precision"] == pytest.approx(2 / 15)
+    assert tf["end"]["recall"] == pytest.approx(0.25)
+    assert tf["end"]["precision"] == pytest.approx(base_end)
+    assert tf["end"]["predicted_rate"] == pytest.approx(0.25)
+    truth = cmp.scores["truth"].teacher_forced
+    for kind in ("reward", "reward+1", "reward-1", "end"):
+        assert truth[kind]["recall"] == truth[kind]["precision"] == 1.0, kind
+    # open loop the same worlds predict no event at all
+    assert cmp.scores["const"].open_loop["end"]["predicted"] == 0
+
+
+def test_compare_refuses_a_world_named_like_a_baseline():
+    seg = _moving_square_segments()
+    with pytest.raises(ValueError, match="names of baselines"):
+        compare_worlds({"copy-last": ProbWorld([0.1, 0.8, 0.1], 0.2)}, seg, horizon=3)

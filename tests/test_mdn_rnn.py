@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from worldmodels.dynamics.mdn_rnn import MDNRNN, MDNRNNConfig, mixture_nll, sample_mixture
+from worldmodels.metrics import EVENT_COUNT_KEYS
 from worldmodels.registry import DYNAMICS
 from worldmodels.training import logs_to_floats
 
@@ -155,7 +156,7 @@ def test_loss_falls_on_fixed_latent_sequences():
         loss.backward()
         opt.step()
         logs.append(log)
-    assert set(logs[0]) == {"loss", "nll", "loss_reward", "loss_end"}
+    assert set(logs[0]) == {"loss", "nll", "loss_reward", "loss_end", *EVENT_COUNT_KEYS}
     assert all(isinstance(v, float) for v in logs[0].values())
     print({k: (round(logs[0][k], 3), round(logs[-1][k], 3)) for k in logs[0]})
     assert logs[-1]["nll"] < logs[0]["nll"] - 1.0  # deterministic dynamics: the NLL keeps falling

@@ -6,6 +6,7 @@ import torch
 from envs.testing import random_store
 from worldmodels.heads.reward_end import RewardEndConfig, RewardEndModel
 from worldmodels.interfaces import Batch
+from worldmodels.metrics import EVENT_COUNT_KEYS
 from worldmodels.nn.blocks import count_parameters
 from worldmodels.nn.pixels import to_float
 from worldmodels.replay import SegmentSampler
@@ -64,7 +65,8 @@ def test_loss_logs_and_gradients():
     model = tiny_model()
     loss, logs = model.loss(segments())
     logs = logs_to_floats(logs)
-    assert set(logs) == {"loss", "loss_reward", "loss_end", "reward_accuracy", "end_accuracy"}
+    assert set(logs) == {"loss", "loss_reward", "loss_end", "reward_accuracy", "end_accuracy",
+                         *EVENT_COUNT_KEYS}  # fmt: skip
     assert all(isinstance(v, float) for v in logs.values())
     assert logs["loss"] == pytest.approx(logs["loss_reward"] + logs["loss_end"], rel=1e-5)
     loss.backward()

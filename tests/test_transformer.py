@@ -9,6 +9,7 @@ from worldmodels.dynamics.transformer import (
     TransformerDynamicsConfig,
     sample_categorical,
 )
+from worldmodels.metrics import EVENT_COUNT_KEYS
 from worldmodels.nn.transformer import GPT, GPTConfig
 from worldmodels.registry import DYNAMICS
 from worldmodels.training import logs_to_floats
@@ -169,7 +170,7 @@ def test_loss_falls_on_fixed_tokens():
         first = first if first is not None else logs
     assert set(logs) == {
         "loss", "loss_obs", "loss_reward", "loss_end", "obs_accuracy", "reward_accuracy",
-        "end_accuracy",
+        "end_accuracy", *EVENT_COUNT_KEYS,
     }  # fmt: skip
     assert all(isinstance(v, float) for v in logs.values())
     assert logs["loss"] < 0.3 * first["loss"], (first, logs)

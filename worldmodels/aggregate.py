@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.atari_config import AtariConfig
 from worldmodels.errors import UserError
 from worldmodels.scores import human_normalized, reference_scores
 
@@ -189,21 +190,60 @@ def load_results(paths: Iterable[str | Path]) -> tuple[list[dict[str, Any]], lis
     return records, warnings
 
 
-def check_protocols(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The common env protocol of ``records``; a one-line ``UserError`` naming the keys (and two
-    files) that differ if they do not all share it."""
+def protocol_differences(
+    a: Mapping[str, Any], b: Mapping[str, Any], refuse: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """The keys in which two env protocols differ, split into those in ``refuse`` (or unknown to
+    both protocol lists: a difference nobody has judged harmless) and the others, each as
+    ``"key (a vs b)"``."""
+    judged = set(AtariConfig().protocol_values())
+    refuse = set(refuse)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    text = {k: f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys}
+    bad = [text[k] for k in keys if k in refuse or k not in judged]
+    return bad, [text[k] for k in keys if not (k in refuse or k not in judged)]
+
+
+def _longest_episode_frames(rec: Mapping[str, Any]) -> int | None:
+    lengths, skip = rec.get("lengths"), rec["protocol"].get("frame_skip")
+    if not lengths or not isinstance(skip, int):
+        return None
+    return max(int(n) for n in lengths) * skip
+
+
+def check_protocols(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The env protocol of ``records`` and notes on harmless differences; a one-line
+    ``UserError`` naming the keys (and two files) where they differ in a way that changes the
+    returns (``AtariConfig.SCORE_KEYS``). ``max_episode_frames`` may differ where no test episode
+    of either record reached the lower cap (a smoke run's cap beside a full run's): the cap then
+    ended no episode, and the difference is named in the notes."""
     first = records[0]
     base = first["protocol"]
+    notes: list[str] = []
     for rec in records[1:]:
         other = rec["protocol"]
-        keys = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
-        if keys:
-            diffs = ", ".join(f"{k} ({base.get(k)!r} vs {other.get(k)!r})" for k in keys)
+        refuse = set(AtariConfig.SCORE_KEYS) - {"max_episode_frames"}
+        bad, allowed = protocol_differences(base, other, refuse)
+        cap_a, cap_b = base.get("max_episode_frames"), other.get("max_episode_frames")
+        if cap_a != cap_b:
+            ints = isinstance(cap_a, int) and isinstance(cap_b, int)
+            low = min(cap_a, cap_b) if ints else None
+            longest = [_longest_episode_frames(r) for r in (first, rec)]
+            if low is None or any(n is None or n >= low for n in longest):
+                allowed = [x for x in allowed if not x.startswith("max_episode_frames ")]
+                bad.append(
+                    f"max_episode_frames ({cap_a!r} vs {cap_b!r}, and an episode may have "
+                    f"reached the lower cap)"
+                )
+        if bad:
             raise UserError(
                 f"results of different env protocols cannot be aggregated: {first['_path']} and "
-                f"{rec['_path']} differ in {diffs}"
+                f"{rec['_path']} differ in {', '.join(bad)}"
             )
-    return dict(base)
+        for x in allowed:
+            note = f"{first['_path']} and {rec['_path']} differ in {x}: does not change the returns"
+            notes.append(note)
+    return dict(base), notes
 
 
 def _method(rec: Mapping[str, Any]) -> str:
@@ -227,7 +267,7 @@ def build_table(
     games. Refuses records of different env protocols."""
     if not records:
         raise UserError("no results to aggregate: give run directories or results.json files")
-    protocol = check_protocols(records)
+    protocol, protocol_notes = check_protocols(records)
     by_method: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -288,6 +328,7 @@ def build_table(
         "methods": methods,
         "published": published,
         "warnings": warnings,
+        "protocol_notes": protocol_notes,
     }
 
 

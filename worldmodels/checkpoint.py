@@ -168,6 +168,13 @@ def _complete(directory: Path) -> list[Path]:
     return [p for p in _dirs(directory) if (p / META).exists()]
 
 
+def complete_checkpoints(directory: str | Path) -> list[Path]:
+    """Every complete checkpoint under ``directory`` (those with their ``meta.json``), oldest
+    first; empty if there is none (or no such directory)."""
+    directory = Path(directory)
+    return _complete(directory) if directory.is_dir() else []
+
+
 def _prune(directory: Path, keep: int, protect: str) -> None:
     for stale in (*directory.glob(".tmp-*"), *directory.glob(".old-*")):
         shutil.rmtree(stale, ignore_errors=True)

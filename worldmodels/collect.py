@@ -36,6 +36,8 @@ class CollectStats:
     episode_lengths: list[int] = field(default_factory=list)
     game_returns: list[float] = field(default_factory=list)  # whole games, all lives
     nonzero_rewards: int = 0
+    reward_sum: float = 0.0  # over every env step
+    ends: int = 0  # transitions that ended an episode (game over or, in train mode, a lost life)
     seconds: float = 0.0
 
     @property
@@ -179,6 +181,8 @@ class Collector:
                 )
             self._game_returns += rew_np
             stats.nonzero_rewards += int(np.count_nonzero(rew_np))
+            stats.reward_sum += float(rew_np.sum())
+            stats.ends += int(terminated.sum())
             for i in np.flatnonzero(done.numpy()):
                 life_loss = bool(info["life_loss"][i])
                 episode = self._builders[i].finish(

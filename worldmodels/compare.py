@@ -35,10 +35,13 @@ from envs.dream import imagine_step
 from worldmodels.errors import UserError
 from worldmodels.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from worldmodels.interfaces import Batch
+from worldmodels.metrics import binary_counts, detection_scores, event_counts, expected_event_counts
 from worldmodels.tb import TBLogger, encode_gif, image_grid
 from worldmodels.training import autocast
 
 __all__ = [
+    "BASELINES",
+    "EVENT_KINDS",
     "PSNR_CAP_DB",
     "Comparison",
     "Rollout",
@@ -46,10 +49,12 @@ __all__ = [
     "compare_worlds",
     "format_comparison",
     "log_comparison",
+    "moving_psnr",
     "psnr",
     "record_segments",
     "rollout",
     "ssim",
+    "teacher_forced",
     "write_comparison",
 ]
 
@@ -259,45 +264,204 @@ def rollout(
     )
 
 
+BASELINES = ("copy-last", "mean-frame")
+"""Trivial predictors scored beside every world, on the same contexts and actions: ``copy-last``
+repeats the last context frame and predicts reward 0 and no end; ``mean-frame`` predicts the mean
+of the held-out real frames (rounded to 8 bits; it has seen the targets, which only flatters it),
+reward 0 and no end. A world that does not beat them on the moving pixels has not learnt the
+dynamics, whatever its whole-frame PSNR."""
+
+EVENT_KINDS = ("reward", "reward+1", "reward-1", "end")
+"""Rare events scored by precision / recall / F1: any non-zero reward (matched by sign), positive
+rewards, negative rewards, episode ends."""
+
+
 @dataclass(frozen=True)
 class WorldScores:
-    """One world's numbers; per-step lists are indexed by horizon step ``h - 1``."""
+    """One world's (or baseline's) numbers; per-step lists are indexed by horizon step ``h - 1``.
+
+    ``moving_psnr[h - 1]`` is the PSNR over the pixels that change between real frames ``h - 1``
+    and ``h`` (any channel), pooled over contexts: where the dynamics live (None at a step where
+    no pixel moves). ``open_loop`` holds ``worldmodels.metrics.detection_scores`` per event kind
+    (``EVENT_KINDS``) for the sampled rewards and ends of the open-loop rollout; ``teacher_forced``
+    the same for the world's predictions from real frames (its ``reward_end_probs``, in
+    expectation over its sampling), or None where the world (or baseline) has none."""
 
     psnr: list[float]  # (H,) dB, mean over contexts (and samples)
     ssim: list[float]  # (H,)
+    moving_psnr: list[float | None]  # (H,) dB over the moving pixels
     reward_accuracy: float  # sign of the sampled reward == sign of the real one, over all steps
     reward_accuracy_per_step: list[float]
-    reward_accuracy_nonzero: float | None  # the same over the steps whose real reward is not 0
     end_accuracy: float  # sampled end == real end, over all steps
     end_accuracy_per_step: list[float]
+    open_loop: dict[str, dict[str, Any]]
+    teacher_forced: dict[str, dict[str, Any]] | None
     real_nonzero_rewards: int
     real_ends: int
-    frames_per_s: float
+    transitions: int  # real transitions scored (contexts x H, without the samples)
+    frames_per_s: float | None  # None for the baselines
     seconds: float
-    context_len: int
+    context_len: int | None
+    baseline: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["psnr_mean"] = float(np.mean(self.psnr))
         d["ssim_mean"] = float(np.mean(self.ssim))
+        moving = [x for x in self.moving_psnr if x is not None]
+        d["moving_psnr_mean"] = float(np.mean(moving)) if moving else None
         return d
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """Worlds compared on the same real segments."""
+    """Worlds compared on the same real segments, with the baselines beside them."""
 
-    labels: list[str]
+    labels: list[str]  # the worlds
+    baselines: list[str]  # BASELINES, scored on the same data
     horizon: int
     context: int  # the longest context among the worlds (rows before the first imagined frame)
     samples: int  # rollouts per context (reward / end / frame sampling)
     real: Tensor  # (N, H + 1, C, H, W) uint8: the last context frame, then the H real frames
     rollouts: dict[str, Rollout]  # label -> (N * samples) rows, sample-major per context
-    scores: dict[str, WorldScores]
+    scores: dict[str, WorldScores]  # worlds and baselines
+    moving_fraction: list[float]  # (H,) share of pixels that change between real frames
+
+    @property
+    def columns(self) -> list[str]:
+        """Every scored label: the baselines first, then the worlds."""
+        return [*self.baselines, *self.labels]
 
 
 def _unit(x: Tensor) -> Tensor:
     return x.double() / 255.0
+
+
+def moving_mask(real: Tensor) -> Tensor:
+    """``(N, H, 1, h, w)`` bool for real frames ``(N, H + 1, C, h, w)``: pixel changed (any
+    channel) between frame ``i`` and ``i + 1``."""
+    return (real[:, 1:] != real[:, :-1]).any(dim=2, keepdim=True)
+
+
+def moving_psnr(fake: Tensor, target: Tensor, moving: Tensor, *, cap: float = PSNR_CAP_DB) -> list:
+    """PSNR per horizon step over the moving pixels, pooled over rows: ``fake``, ``target``
+    ``(N, H, C, h, w)`` in ``[0, 1]``, ``moving (N, H, 1, h, w)`` bool; None where none moves."""
+    err = (fake - target).pow(2) * moving  # (N, H, C, h, w)
+    count = moving.expand_as(err).sum(dim=(0, 2, 3, 4)).double()  # (H,)
+    mse = err.sum(dim=(0, 2, 3, 4)) / count.clamp(min=1)
+    out = (10 * torch.log10(1.0 / mse)).clamp(max=cap)
+    return [None if n == 0 else float(v) for v, n in zip(out.tolist(), count.tolist(), strict=True)]
+
+
+def _events(
+    reward_pred: Tensor, end_pred: Tensor, reward_real: Tensor, end_real: Tensor
+) -> dict[str, dict[str, Any]]:
+    """Detection scores of sampled (or baseline) predictions, per ``EVENT_KINDS``."""
+    valid = torch.ones_like(end_real, dtype=torch.bool)
+    p, r = torch.sign(reward_pred), torch.sign(reward_real)
+    total = float(valid.sum())
+    c = event_counts(valid, p, r, end_pred, end_real)
+    out = {
+        "reward": (c["reward_hits"], c["reward_predicted"], c["reward_real"]),
+        "reward+1": binary_counts(p > 0, r > 0, valid),
+        "reward-1": binary_counts(p < 0, r < 0, valid),
+        "end": (c["end_hits"], c["end_predicted"], c["end_real"]),
+    }
+    return {k: detection_scores(*(float(x) for x in v), total) for k, v in out.items()}
+
+
+def _expected_events(
+    reward_probs: Tensor | None, end_probs: Tensor | None, reward_real: Tensor, end_real: Tensor
+) -> dict[str, dict[str, Any]]:
+    """Detection scores in expectation over a world's sampling, from its probabilities."""
+    valid = torch.ones_like(end_real, dtype=torch.bool)
+    total = float(valid.sum())
+    c = expected_event_counts(valid, reward_probs, reward_real, end_probs, end_real)
+    out: dict[str, dict[str, Any]] = {}
+    if reward_probs is not None:
+        out["reward"] = detection_scores(
+            *(float(c[f"reward_{k}"]) for k in ("hits", "predicted", "real")), total
+        )
+        for name, cls, sign in (("reward+1", 2, 1.0), ("reward-1", 0, -1.0)):
+            p = reward_probs[..., cls].double()
+            real = (torch.sign(reward_real) == sign).double()
+            out[name] = detection_scores(
+                float((p * real).sum()), float(p.sum()), float(real.sum()), total
+            )
+    if end_probs is not None:
+        out["end"] = detection_scores(
+            *(float(c[f"end_{k}"]) for k in ("hits", "predicted", "real")), total
+        )
+    return out
+
+
+@torch.inference_mode()
+def teacher_forced(
+    world: Any, segments: Batch, c: int, horizon: int, *, device: torch.device | str = "cpu",
+    amp: bool = False,
+) -> tuple[Tensor | None, Tensor | None] | None:  # fmt: skip
+    """The world's reward-sign and end probabilities ``(N, H, 3)``, ``(N, H)`` for the ``H``
+    scored transitions, from real frames (``world.reward_end_probs`` on the segments' rows up to
+    the last scored transition's next frame); None if the world has no ``reward_end_probs``."""
+    fn = getattr(world, "reward_end_probs", None)
+    if fn is None:
+        return None
+    device = torch.device(device)
+    rows = slice(0, c + horizon)  # transitions 0 .. c + H - 2; the scored ones start at c - 1
+    with autocast(device, amp):
+        rew, end = fn(*(x[:, rows].to(device) for x in (segments.obs, segments.act, segments.mask)))
+    keep = slice(c - 1, c - 1 + horizon)
+    return (
+        None if rew is None else rew[:, keep].float().cpu(),
+        None if end is None else end[:, keep].float().cpu(),
+    )
+
+
+def baseline_rollouts(real: Tensor, segments: Batch, samples: int) -> dict[str, Rollout]:
+    """``copy-last`` and ``mean-frame`` (``BASELINES``) as rollouts of ``N * samples`` rows."""
+    n, t1 = real.shape[:2]
+    horizon = t1 - 1
+    last = real[:, :1].repeat_interleave(samples, 0)  # (N * S, 1, C, H, W)
+    mean = segments.obs.double().mean(dim=(0, 1)).round().to(torch.uint8)  # (C, H, W)
+    zeros = torch.zeros(n * samples, horizon)
+    nope = torch.zeros(n * samples, horizon, dtype=torch.bool)
+    return {
+        "copy-last": Rollout(last.expand(-1, t1, -1, -1, -1).clone(), zeros, nope, 0.0),
+        "mean-frame": Rollout(
+            torch.cat((last, mean.expand(n * samples, horizon, *mean.shape)), dim=1),
+            zeros,
+            nope,
+            0.0,
+        ),  # fmt: skip
+    }
+
+
+def _score(
+    r: Rollout, targets: Tensor, moving: Tensor, real_rew: Tensor, real_end: Tensor,
+    tf: tuple | None, tf_rew: Tensor, tf_end: Tensor, transitions: int, context_len: int | None,
+    baseline: bool,
+) -> WorldScores:  # fmt: skip
+    fake = _unit(r.frames[:, 1:])
+    sign_ok = torch.sign(r.reward) == torch.sign(real_rew)  # (N * S, H)
+    end_ok = r.end == real_end
+    return WorldScores(
+        psnr=psnr(fake, targets).mean(0).tolist(),
+        ssim=ssim(fake, targets).mean(0).tolist(),
+        moving_psnr=moving_psnr(fake, targets, moving),
+        reward_accuracy=float(sign_ok.double().mean()),
+        reward_accuracy_per_step=sign_ok.double().mean(0).tolist(),
+        end_accuracy=float(end_ok.double().mean()),
+        end_accuracy_per_step=end_ok.double().mean(0).tolist(),
+        open_loop=_events(r.reward, r.end, real_rew, real_end),
+        teacher_forced=None if tf is None else _expected_events(*tf, tf_rew, tf_end),
+        real_nonzero_rewards=int(tf_rew.ne(0).sum()),
+        real_ends=int(tf_end.sum()),
+        transitions=transitions,
+        frames_per_s=None if baseline else r.frames_per_s,
+        seconds=r.seconds,
+        context_len=context_len,
+        baseline=baseline,
+    )
 
 
 def compare_worlds(
@@ -305,14 +469,18 @@ def compare_worlds(
     device: torch.device | str = "cpu", amp: bool | Mapping[str, bool] = False, seed: int = 0,
 ) -> Comparison:  # fmt: skip
     """Roll every world out open loop on the same ``segments`` (``(N, L)`` rows, ``L >= c + H``
-    with ``c`` the longest ``context_len``; the layout is in the module docstring) and score it.
+    with ``c`` the longest ``context_len``; the layout is in the module docstring) and score it,
+    beside the ``BASELINES`` on the same contexts and actions.
 
-    ``samples`` rolls each context out that many times (as extra batch rows), so reward and end
-    accuracy average over several samples of the worlds' stochastic predictions. Every world's
-    sampling starts from the same ``seed``.
+    ``samples`` rolls each context out that many times (as extra batch rows), so the open-loop
+    reward and end scores average over several samples of the worlds' stochastic predictions.
+    Every world's sampling starts from the same ``seed``.
     """
     if not worlds:
         raise ValueError("no worlds to compare")
+    clash = sorted(set(worlds) & set(BASELINES))
+    if clash:
+        raise ValueError(f"world labels {clash} are the names of baselines; rename them")
     if horizon < 1 or samples < 1:
         raise ValueError(f"need horizon >= 1 and samples >= 1, got {horizon}, {samples}")
     c = max(int(w.context_len) for w in worlds.values())
@@ -323,15 +491,25 @@ def compare_worlds(
         raise ValueError("segments must be real data throughout (mask True): no padding rows")
     rows = slice(c - 1, c - 1 + horizon)  # the transitions imagined at steps 1..H
     real = segments.obs[:, c - 1 : c + horizon]  # (N, H + 1, C, H, W)
-    real_rew = segments.rew[:, rows].repeat_interleave(samples, 0)  # (N * S, H)
-    real_end = segments.end[:, rows].repeat_interleave(samples, 0)
+    tf_rew, tf_end = segments.rew[:, rows], segments.end[:, rows]  # (N, H): one per context
+    real_rew = tf_rew.repeat_interleave(samples, 0)  # (N * S, H)
+    real_end = tf_end.repeat_interleave(samples, 0)
     targets = _unit(real[:, 1:].repeat_interleave(samples, 0))  # (N * S, H, C, H, W)
+    moving = moving_mask(real).repeat_interleave(samples, 0)
     actions = segments.act[:, rows].repeat_interleave(samples, 0)
+    common = dict(
+        targets=targets, moving=moving, real_rew=real_rew, real_end=real_end, tf_rew=tf_rew,
+        tf_end=tf_end, transitions=n * horizon,
+    )  # fmt: skip
 
     rollouts, scores = {}, {}
+    for label, r in baseline_rollouts(real, segments, samples).items():
+        rollouts[label] = r
+        scores[label] = _score(r, tf=None, context_len=None, baseline=True, **common)
     for label, world in worlds.items():
         k = int(world.context_len)
         ctx = slice(c - k, c)
+        world_amp = amp if isinstance(amp, bool) else bool(amp.get(label, False))
         r = rollout(
             world,
             segments.obs[:, ctx].repeat_interleave(samples, 0),
@@ -339,7 +517,7 @@ def compare_worlds(
             segments.mask[:, ctx].repeat_interleave(samples, 0),
             actions,
             device=device,
-            amp=amp if isinstance(amp, bool) else bool(amp.get(label, False)),
+            amp=world_amp,
             seed=seed,
         )
         if r.frames.shape[2:] != segments.obs.shape[2:]:
@@ -347,30 +525,14 @@ def compare_worlds(
                 f"world {label!r} imagines frames of {tuple(r.frames.shape[2:])}, the real ones "
                 f"are {tuple(segments.obs.shape[2:])}"
             )
-        fake = _unit(r.frames[:, 1:])
-        sign_ok = torch.sign(r.reward) == torch.sign(real_rew)  # (N * S, H)
-        end_ok = r.end == real_end
-        nonzero = real_rew != 0
+        tf = teacher_forced(world, segments, c, horizon, device=device, amp=world_amp)
         rollouts[label] = r
-        scores[label] = WorldScores(
-            psnr=psnr(fake, targets).mean(0).tolist(),
-            ssim=ssim(fake, targets).mean(0).tolist(),
-            reward_accuracy=float(sign_ok.double().mean()),
-            reward_accuracy_per_step=sign_ok.double().mean(0).tolist(),
-            reward_accuracy_nonzero=(
-                float(sign_ok[nonzero].double().mean()) if bool(nonzero.any()) else None
-            ),
-            end_accuracy=float(end_ok.double().mean()),
-            end_accuracy_per_step=end_ok.double().mean(0).tolist(),
-            real_nonzero_rewards=int(segments.rew[:, rows].ne(0).sum()),
-            real_ends=int(segments.end[:, rows].sum()),
-            frames_per_s=r.frames_per_s,
-            seconds=r.seconds,
-            context_len=k,
-        )
+        scores[label] = _score(r, tf=tf, context_len=k, baseline=False, **common)
+    moving_fraction = moving_mask(real).double().mean(dim=(0, 2, 3, 4)).tolist()
     return Comparison(
-        labels=list(worlds), horizon=horizon, context=c, samples=samples, real=real,
-        rollouts=rollouts, scores=scores,
+        labels=list(worlds), baselines=list(BASELINES), horizon=horizon, context=c,
+        samples=samples, real=real, rollouts=rollouts, scores=scores,
+        moving_fraction=moving_fraction,
     )  # fmt: skip
 
 
@@ -386,17 +548,32 @@ def video_columns(comparison: Comparison, i: int) -> Tensor:
     return torch.stack(cols)
 
 
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def log_comparison(comparison: Comparison, logger: TBLogger, fps: float = 8) -> None:
-    """TensorBoard: ``compare/<label>/psnr`` and ``/ssim`` against the horizon step; the reward,
-    end and speed numbers at step 0; one video grid per context, ``compare/context_<i>``."""
-    for label in comparison.labels:
+    """TensorBoard: ``compare/<label>/psnr``, ``/ssim`` and ``/moving_psnr`` against the horizon
+    step for every world and baseline; reward / end accuracy, recall, precision and F1 (open loop
+    and teacher-forced) and frames/s at step 0; one video grid per context, ``compare/context_<i>``
+    (columns: real, then each world)."""
+    for label in comparison.columns:
         sc = comparison.scores[label]
-        for h, (p, q) in enumerate(zip(sc.psnr, sc.ssim, strict=True), start=1):
+        for h, (p, q, m) in enumerate(zip(sc.psnr, sc.ssim, sc.moving_psnr, strict=True), start=1):
             logger.scalar(f"compare/{label}/psnr", p, h)
             logger.scalar(f"compare/{label}/ssim", q, h)
+            if m is not None:
+                logger.scalar(f"compare/{label}/moving_psnr", m, h)
         logger.scalar(f"compare/{label}/reward_accuracy", sc.reward_accuracy, 0)
         logger.scalar(f"compare/{label}/end_accuracy", sc.end_accuracy, 0)
-        logger.scalar(f"compare/{label}/frames_per_s", sc.frames_per_s, 0)
+        for mode, events in (("open_loop", sc.open_loop), ("teacher_forced", sc.teacher_forced)):
+            for kind in ("reward", "end"):
+                s = (events or {}).get(kind)
+                for name in ("recall", "precision", "f1"):
+                    if s is not None and _finite(s[name]):
+                        logger.scalar(f"compare/{label}/{kind}_{name}_{mode}", s[name], 0)
+        if sc.frames_per_s is not None:
+            logger.scalar(f"compare/{label}/frames_per_s", sc.frames_per_s, 0)
     ncol = 1 + len(comparison.labels)
     for i in range(comparison.real.shape[0]):
         logger.video(f"compare/context_{i}", video_columns(comparison, i), 0, fps=fps, nrow=ncol)
@@ -407,27 +584,42 @@ def write_comparison(
     comparison: Comparison, directory: str | Path, meta: Mapping[str, Any] | None = None,
     fps: float = 8,
 ) -> None:  # fmt: skip
-    """``compare.json`` (every number, plus ``meta``), ``curves.csv`` (horizon step, world, psnr,
-    ssim) and ``gifs/context_<i>.gif`` (columns: real, then each world) under ``directory``."""
+    """``compare.json`` (every number, plus ``meta``), ``curves.csv`` (horizon step, world or
+    baseline, psnr, ssim, moving_psnr) and ``gifs/context_<i>.gif`` (columns: real, then each
+    world) under ``directory``."""
     directory = Path(directory)
+    first = comparison.scores[comparison.columns[0]]
     record = {
         **(meta or {}),
         "labels": comparison.labels,
+        "baselines": comparison.baselines,
         "horizon": comparison.horizon,
         "context": comparison.context,
         "contexts": int(comparison.real.shape[0]),
         "samples": comparison.samples,
         "psnr_cap_db": PSNR_CAP_DB,
         "ssim": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, on [0, 1] RGB, mean over channels",
+        "moving_pixels": "pixels that change (any channel) between consecutive real frames; "
+        "moving_psnr pools their squared error over contexts",
+        "moving_fraction": comparison.moving_fraction,
+        "real_events": {
+            "transitions": first.transitions,
+            "nonzero_rewards": first.real_nonzero_rewards,
+            "ends": first.real_ends,
+        },  # fmt: skip
+        "events": "open_loop: the sampled rewards / ends of the rollouts, per step, against the "
+        "real ones; teacher_forced: the world's predictions from real frames, in expectation over "
+        "its sampling; reward events are non-zero rewards matched by sign",
         "video_columns": ["real", *comparison.labels],
         "worlds": {k: comparison.scores[k].to_dict() for k in comparison.labels},
+        "baseline_scores": {k: comparison.scores[k].to_dict() for k in comparison.baselines},
     }
     atomic_write_json(directory / "compare.json", record)
-    lines = [["horizon_step", "world", "psnr", "ssim"]]
-    for label in comparison.labels:
+    lines = [["horizon_step", "world", "psnr", "ssim", "moving_psnr"]]
+    for label in comparison.columns:
         sc = comparison.scores[label]
-        for h, (p, q) in enumerate(zip(sc.psnr, sc.ssim, strict=True), start=1):
-            lines.append([str(h), label, f"{p:.4f}", f"{q:.5f}"])
+        for h, (p, q, m) in enumerate(zip(sc.psnr, sc.ssim, sc.moving_psnr, strict=True), start=1):
+            lines.append([str(h), label, f"{p:.4f}", f"{q:.5f}", "" if m is None else f"{m:.4f}"])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(lines)
     atomic_write_text(directory / "curves.csv", buf.getvalue())
@@ -440,44 +632,72 @@ def write_comparison(
         atomic_write_bytes(gifs / f"context_{i}.gif", encode_gif(grid, fps))
 
 
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def format_comparison(comparison: Comparison, every: int | None = None) -> str:
-    """The per-step error table (PSNR dB and SSIM per world at ``h = 1``, every ``every`` steps
-    and ``H``), then reward / end accuracy and frames/s per world."""
-    labels, horizon = comparison.labels, comparison.horizon
+    """The per-step error table (whole-frame PSNR dB and SSIM, moving-pixel PSNR, per baseline and
+    world at ``h = 1``, every ``every`` steps and ``H``), then the reward / end table: base rates,
+    accuracy, and recall / precision / F1 open loop and teacher-forced; frames/s per world."""
+    cols, horizon = comparison.columns, comparison.horizon
     every = every or max(1, horizon // 8)
     steps = sorted({1, horizon, *range(every, horizon + 1, every)})
-    width = max(16, *(len(k) + 2 for k in labels))
+    width = max(21, *(len(k) + 2 for k in cols))
     n = comparison.real.shape[0]
     lines = [
-        f"open loop from {n} real contexts x {comparison.samples} sample(s), "
-        f"PSNR (dB, capped at {PSNR_CAP_DB:g}) / SSIM against the real frames",
-        f"{'h':<22}" + "".join(f"{k:>{width}}" for k in labels),
-        f"{'':<22}" + "".join(f"{'PSNR   SSIM':>{width}}" for _ in labels),
+        f"open loop from {n} real contexts x {comparison.samples} sample(s); PSNR (dB, capped at "
+        f"{PSNR_CAP_DB:g}) and SSIM of the whole frame, mPSNR on the pixels that move",
+        f"{'h':<6}{'moving':>8}" + "".join(f"{k:>{width}}" for k in cols),
+        f"{'':<14}" + "".join(f"{'PSNR   SSIM  mPSNR':>{width}}" for _ in cols),
     ]
+
+    def cell(p: float, q: float, m: float | None) -> str:
+        return f"{p:>{width - 14}.2f} {q:6.3f}  {_num(m, 1):>5}"
+
     for h in steps:
-        row = f"{h:<22}"
-        for k in labels:
+        row = f"{h:<6}{comparison.moving_fraction[h - 1]:>8.4f}"
+        for k in cols:
             sc = comparison.scores[k]
-            row += f"{sc.psnr[h - 1]:>{width - 7}.2f}  {sc.ssim[h - 1]:.3f}"
+            row += cell(sc.psnr[h - 1], sc.ssim[h - 1], sc.moving_psnr[h - 1])
         lines.append(row)
-    mean = f"{'mean':<22}"
-    for k in labels:
+    mean = f"{'mean':<6}{float(np.mean(comparison.moving_fraction)):>8.4f}"
+    for k in cols:
         sc = comparison.scores[k]
-        mean += f"{np.mean(sc.psnr):>{width - 7}.2f}  {np.mean(sc.ssim):.3f}"
+        moving = [x for x in sc.moving_psnr if x is not None]
+        mean += cell(np.mean(sc.psnr), np.mean(sc.ssim), np.mean(moving) if moving else None)
     lines.append(mean)
-    for name, fmt in (
-        ("reward-sign accuracy", lambda s: f"{s.reward_accuracy:.3f}"),
-        ("  on nonzero rewards", lambda s: "-" if s.reward_accuracy_nonzero is None
-                                           else f"{s.reward_accuracy_nonzero:.3f}"),
-        ("end accuracy", lambda s: f"{s.end_accuracy:.3f}"),
-        ("imagined frames/s", lambda s: f"{s.frames_per_s:.1f}"),
-    ):  # fmt: skip
-        lines.append(
-            f"{name:<22}" + "".join(f"{fmt(comparison.scores[k]):>{width}}" for k in labels)
-        )
-    first = comparison.scores[labels[0]]
+
+    first = comparison.scores[cols[0]]
+    ol = first.open_loop
+    lines.append("")
     lines.append(
-        f"(real data over these steps: {first.real_nonzero_rewards} nonzero rewards, "
-        f"{first.real_ends} ends)"
+        f"reward / end over {first.transitions} real transitions: "
+        f"{first.real_nonzero_rewards} non-zero rewards (base rate "
+        f"{_num(ol['reward']['base_rate'], 4)}), {first.real_ends} ends (base rate "
+        f"{_num(ol['end']['base_rate'], 4)}); chance precision = base rate"
+    )
+    lines.append(f"{'':<20}" + "".join(f"{k:>{width}}" for k in cols))
+    rows: list[tuple[str, Any]] = [
+        ("reward acc", lambda s: _num(s.reward_accuracy)),
+        ("end acc", lambda s: _num(s.end_accuracy)),
+    ]
+    for kind in ("reward", "end"):
+        for mode, short in (("open_loop", "open"), ("teacher_forced", "t-f")):
+            rows.append(
+                (
+                    f"{kind} {short} R/P/F1",
+                    lambda s, kind=kind, mode=mode: "/".join(
+                        _num(((getattr(s, mode) or {}).get(kind) or {}).get(x), 2)
+                        for x in ("recall", "precision", "f1")
+                    ),
+                )
+            )
+    rows.append(("frames/s", lambda s: _num(s.frames_per_s, 1)))
+    for name, fmt in rows:
+        lines.append(f"{name:<20}" + "".join(f"{fmt(comparison.scores[k]):>{width}}" for k in cols))
+    lines.append(
+        "R/P/F1: recall / precision / F1 of non-zero rewards (by sign) and of ends; open: the "
+        "sampled open-loop rollout; t-f: teacher-forced on real frames; '-': nothing to divide by"
     )
     return "\n".join(lines)

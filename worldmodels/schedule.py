@@ -60,6 +60,7 @@ class Counters:
     updates: int = 0  # staged schedule: gradient steps / generations so far (TensorBoard x-axis)
     agent_skipped: int = 0  # agent updates skipped for a non-finite loss or gradient norm ...
     agent_skipped_in_a_row: int = 0  # ... and how many of the last ones in a row
+    agent_updates: int = 0  # updates in imagination so far (update-to-data ratio)
 
 
 class OnlineSchedule:
@@ -95,6 +96,7 @@ class OnlineSchedule:
         self.train_env = make_env("train", cfg.schedule.num_envs)
         self.env_spec = self.train_env.spec()
         self.test_env_spec: dict[str, Any] = {}
+        self._real_rates: dict[str, float] | None = None  # of the last real collection
         self.collector = self._new_collector(derive_seed(cfg.run.seed, "collect", 0))
         seed = cfg.run.seed
         self.stage_trainers: dict[str, StageTrainer] = {}
@@ -172,6 +174,10 @@ class OnlineSchedule:
             step,
             prefix=f"{prefix}/",
         )
+        if stats.steps:  # the real side of the imagined-vs-real curves (train_agent)
+            self._real_rates = {
+                "reward_per_step": stats.reward_sum / stats.steps, "end_rate": stats.ends / stats.steps
+            }  # fmt: skip
         if stats.episode_returns:
             self.logger.scalar(f"{prefix}/episode_return", np.mean(stats.episode_returns), step)
             self.logger.scalar(f"{prefix}/episode_length", np.mean(stats.episode_lengths), step)
@@ -269,6 +275,8 @@ class OnlineSchedule:
             logs = trainer.train(n)
             rate.add(n)
             logs["steps_per_s"] = rate.read()
+            # gradient steps per real env step so far (Atari 100k papers: ~1 per stage)
+            logs["update_to_data"] = trainer.updater.steps / max(step, 1)
             self.logger.scalars(logs, step, prefix=f"{name}/")
 
     def train_agent(self) -> None:
@@ -285,7 +293,27 @@ class OnlineSchedule:
                 f"the last update of {', '.join(broken)} was not finite"
             )
             return
-        self.logger.scalars(self.agent_updates(n), self.counters.env_steps, prefix="agent/")
+        logs = self.agent_updates(n)
+        self.logger.scalars(logs, self.counters.env_steps, prefix="agent/")
+        self.log_imagined_vs_real(logs)
+
+    def log_imagined_vs_real(self, agent_logs: dict[str, float]) -> None:
+        """``imagined_vs_real/``: reward per step and end rate of the agent's imagined
+        trajectories beside those of its last real collection, and the agent's updates per real
+        env step. Imagined trajectories are cut at the dream's horizon, so per-step rates are the
+        comparable numbers (an imagined "return" over 15 steps is not an episode's)."""
+        step = self.counters.env_steps
+        out = {"agent_update_to_data": self.counters.agent_updates / max(step, 1)}
+        imagined = self.dream.take_imagined_stats() if self.dream is not None else None
+        if imagined is None and "reward_mean" in agent_logs:  # rolled out inside one capture
+            imagined = {"reward_per_step": agent_logs["reward_mean"]}
+            if "end_rate" in agent_logs:
+                imagined["end_rate"] = agent_logs["end_rate"]
+        for k, v in (imagined or {}).items():
+            out[f"{k}_imagined"] = v
+        for k, v in (self._real_rates or {}).items():
+            out[f"{k}_real"] = v
+        self.logger.scalars(out, step, prefix="imagined_vs_real/")
 
     def agent_updates(self, n: int) -> dict[str, float]:
         """``n`` agent updates in the dream; their logs averaged, with the imagined frames/s."""
@@ -294,6 +322,7 @@ class OnlineSchedule:
         c = self.counters
         for _ in range(n):
             logs.append(self.agent.train_in_imagination(self.dream))
+            c.agent_updates += 1
             frames.add(self.dream.num_envs * self.dream.horizon)
             if logs[-1].get("nonfinite", 0.0):  # an Updater skipped it (agents that use one)
                 c.agent_skipped += 1

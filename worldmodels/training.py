@@ -19,6 +19,7 @@ from worldmodels.checks import at_least, in_range, positive
 from worldmodels.errors import UserError
 from worldmodels.graphs import CapturedCall
 from worldmodels.interfaces import Batch
+from worldmodels.metrics import add_event_rates
 from worldmodels.replay import ReplayStore, SegmentSampler
 
 DIAMOND_RECENCY = (0.1, 0.1, 0.1, 0.7)  # newest quarter of episodes gets 70% of the draws
@@ -328,13 +329,15 @@ class StageTrainer:
             )
 
     def train(self, steps: int) -> dict[str, float]:
-        """``steps`` updates; returns the mean of each logged value, and ``skipped_steps``: the
+        """``steps`` updates; returns the mean of each logged value (reward / end event counts
+        turned into ``<event>_recall``, ``_precision`` and ``_base_rate`` over the ``steps``
+        batches: ``worldmodels.metrics``), and ``skipped_steps``: the
         steps skipped so far for a non-finite loss or gradient norm. Raises
         ``NonFiniteTraining`` after ``max_nonfinite_in_a_row`` skipped steps in a row."""
         logs = []
         for batch in self.batches(steps):
             logs.append(self.step(batch))
-        out = mean_logs(logs)
+        out = add_event_rates(mean_logs(logs))  # reward / end counts -> recall, precision
         out["skipped_steps"] = float(self.updater.skipped)
         return out
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodels.metrics import event_counts
 from worldmodels.nn.sampling import sample_categorical
 from worldmodels.registry import DYNAMICS
 
@@ -189,6 +190,7 @@ class MDNRNN(nn.Module):
             heads.append(("reward", rew[:, :-1].sign().long() + 1))  # (B, T - 1) in {0, 1, 2}
         if self.config.end_head:
             heads.append(("end", end[:, :-1].long()))  # (B, T - 1) in {0, 1}
+        predicted = {}
         for name, target in heads:
             logits = out[f"{name}_logits"].float().transpose(1, 2)  # (B, classes, T - 1)
             ce = F.cross_entropy(logits, target, reduction="none")
@@ -196,9 +198,22 @@ class MDNRNN(nn.Module):
             loss = loss + head_loss
             keys.append(f"loss_{name}")
             values.append(head_loss)
+            predicted[name] = (logits.detach().argmax(1), target)
         with torch.no_grad():
             logged = torch.stack([loss, *values]).unbind()  # read once, by the updater
-        return loss, dict(zip(["loss", *keys], logged, strict=True))
+            r, e = predicted.get("reward"), predicted.get("end")
+            events = (
+                {}
+                if not predicted
+                else event_counts(
+                    valid,
+                    None if r is None else r[0] - 1,
+                    None if r is None else r[1] - 1,
+                    None if e is None else e[0],
+                    None if e is None else e[1],
+                )
+            )  # fmt: skip  recall / precision of the rare classes (worldmodels.metrics)
+        return loss, {**dict(zip(["loss", *keys], logged, strict=True)), **events}
 
     def sample_next(self, out: dict[str, Tensor], temperature: float | None = None) -> Tensor:
         """A draw of the next latent ``(B, Z)`` from the outputs of one step (``log_pi``, ``mu``,

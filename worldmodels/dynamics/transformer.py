@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.heads.reward_end import NUM_END_CLASSES, NUM_REWARD_CLASSES
+from worldmodels.metrics import event_counts
 from worldmodels.nn.sampling import sample_categorical
 from worldmodels.nn.transformer import GPT, GPTConfig, KVCache, init_weights
 from worldmodels.registry import DYNAMICS
@@ -290,9 +291,12 @@ class TransformerDynamics(nn.Module):
             values = torch.stack(
                 [loss, loss_obs, loss_reward, loss_end, acc_obs, acc_rew, acc_end]
             ).unbind()  # tensors: the updater reads all the logs back at once
+            events = event_counts(
+                real, rew_logits.argmax(-1) - 1, rew_target - 1, end_logits.argmax(-1), end_target
+            )  # recall / precision of the rare classes, from counts (worldmodels.metrics)
         names = ("loss", "loss_obs", "loss_reward", "loss_end", "obs_accuracy", "reward_accuracy",
                  "end_accuracy")  # fmt: skip
-        return loss, dict(zip(names, values, strict=True))
+        return loss, {**dict(zip(names, values, strict=True)), **events}
 
     # ---------------------------------------------------------------------------------------
     # Imagination.

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.interfaces import Batch
+from worldmodels.metrics import event_counts
 from worldmodels.nn.blocks import Downsample, ResBlocks, check_levels, conv3x3
 from worldmodels.nn.pixels import to_float
 from worldmodels.nn.sampling import sample_categorical
@@ -142,9 +143,12 @@ class RewardEndModel(nn.Module):
         with torch.no_grad():
             acc_rew = ((logits_rew.argmax(-1) == target_rew) & valid).sum() / n
             acc_end = ((logits_end.argmax(-1) == target_end) & valid).sum() / n
-            values = torch.stack((loss, loss_rew, loss_end, acc_rew, acc_end))  # read once, later
-        keys = ("loss", "loss_reward", "loss_end", "reward_accuracy", "end_accuracy")
-        return loss, dict(zip(keys, values.unbind(), strict=True))
+            events = event_counts(
+                valid, logits_rew.argmax(-1) - 1, target_rew - 1, logits_end.argmax(-1), target_end
+            )  # recall / precision of the rare classes, from counts (worldmodels.metrics)
+        logs = {"loss": loss, "loss_reward": loss_rew, "loss_end": loss_end,
+                "reward_accuracy": acc_rew, "end_accuracy": acc_end, **events}  # fmt: skip
+        return loss, {k: v.detach() for k, v in logs.items()}  # tensors, read once by the updater
 
     @torch.no_grad()
     def burn_in(self, obs: Tensor, act: Tensor, mask: Tensor) -> State:

@@ -154,6 +154,16 @@ class DiffusionWorld(nn.Module):
         }
         return new_state, to_uint8(next_x), reward, end
 
+    @torch.no_grad()
+    def reward_end_probs(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced on real frames ``obs (B, T, C, H, W)`` uint8, ``act (B, T)``, ``mask
+        (B, T)``: the probabilities of the reward sign ``(B, T - 1, 3)`` (-1, 0, +1) and of an end
+        ``(B, T - 1)`` of each transition ``t -> t + 1``, from the real frames up to ``t + 1``
+        (the reward/end model reads the frame a transition leads to)."""
+        x = to_float(obs, mask)
+        logits_rew, logits_end, _ = self.reward_end(x[:, :-1], act[:, :-1], x[:, 1:])
+        return logits_rew.float().softmax(-1), logits_end.float().softmax(-1)[..., 1]
+
     # ---------------------------------------------------------------- features
 
     def features(self, state: dict) -> Tensor:

@@ -214,6 +214,29 @@ class IrisWorld(nn.Module):
         """The state with its cache rebuilt from each row's window (static shapes)."""
         return self.dynamics.refresh(state)
 
+    @torch.no_grad()
+    def reward_end_probs(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced on real frames ``obs (B, T, C, H, W)`` uint8, ``act (B, T)``, ``mask
+        (B, T)``: the probabilities of the reward sign ``(B, T - 1, 3)`` (-1, 0, +1) and of an end
+        ``(B, T - 1)`` of each transition ``t -> t + 1``, read at the action ``a_t`` from the real
+        frames up to ``t`` (at most the transformer's ``context_frames`` of them: longer segments
+        are read in sliding windows, one per transition past the first window)."""
+        b, t = obs.shape[:2]
+        tokens = self._encode(obs.flatten(0, 1)).unflatten(0, (b, t))  # (B, T, K)
+        frames = self.dynamics.cfg.context_frames
+        rew, end = [], []
+        out = self.dynamics(tokens[:, :frames], act[:, :frames], mask[:, :frames])
+        rew.append(out["reward"]), end.append(out["end"])
+        for last in range(frames, t):  # windows ending at each later frame
+            lo = last - frames + 1
+            out = self.dynamics(
+                tokens[:, lo : last + 1], act[:, lo : last + 1], mask[:, lo : last + 1]
+            )
+            rew.append(out["reward"][:, -1:]), end.append(out["end"][:, -1:])
+        rew_logits = torch.cat(rew, 1)[:, : t - 1].float()  # (B, T - 1, 3)
+        end_logits = torch.cat(end, 1)[:, : t - 1].float()
+        return rew_logits.softmax(-1), end_logits.softmax(-1)[..., 1]
+
     # ---------------------------------------------------------------- features
 
     def _token_features(self, tokens: Tensor) -> Tensor:

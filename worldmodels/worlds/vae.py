@@ -143,6 +143,24 @@ class VAEWorld(nn.Module):
         obs = to_uint8(self.vae.decode(z)) if render else None
         return {"z": z, "h": h, "c": c}, obs, reward, end
 
+    @torch.no_grad()
+    def reward_end_probs(
+        self, obs: Tensor, act: Tensor, mask: Tensor
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Teacher-forced on real frames ``obs (B, T, C, H, W)`` uint8, ``act (B, T)``, ``mask
+        (B, T)`` (real throughout: the LSTM starts at row 0): the probabilities of the reward sign
+        ``(B, T - 1, 3)`` (-1, 0, +1) and of an end ``(B, T - 1)`` of each transition
+        ``t -> t + 1``, from the real frames up to ``t``; None for a head the MDN-RNN lacks."""
+        b, t = obs.shape[:2]
+        z = self.vae.encode(obs.flatten(0, 1)).unflatten(0, (b, t))
+        out, _ = self.mdn(z[:, :-1], act[:, :-1])
+        rew = out.get("reward_logits")
+        end = out.get("end_logits")
+        return (
+            None if rew is None else rew.float().softmax(-1),
+            None if end is None else end.float().softmax(-1)[..., 1],
+        )
+
     # ---------------------------------------------------------------- the real env
 
     def observe(
