@@ -44,6 +44,8 @@ __all__ = [
     "bootstrap_samples",
     "build_table",
     "check_protocols",
+    "difference_ci",
+    "mean_ci",
     "format_table",
     "iqm",
     "load_results",
@@ -147,6 +149,31 @@ def bootstrap_ci(
         k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
         for k, v in samples.items()
     }
+
+
+def mean_ci(
+    x: Sequence[float], reps: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``x`` (e.g. test-episode returns)."""
+    a = np.asarray(x, dtype=np.float64)
+    means = a[np.random.default_rng(seed).integers(0, a.size, size=(reps, a.size))].mean(1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def difference_ci(
+    a: Sequence[float], b: Sequence[float], reps: int = 10_000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(a) - mean(b)`` for independent samples (each resampled
+    on its own): a CI above 0 says ``a`` scores higher than ``b`` at that level."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    d = (
+        x[rng.integers(0, x.size, size=(reps, x.size))].mean(1)
+        - y[rng.integers(0, y.size, size=(reps, y.size))].mean(1)
+    )
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(d, tail)), float(np.percentile(d, 100 - tail))
 
 
 def published_hns(method: str, games: Iterable[str] | None = None) -> dict[str, list[float]]:

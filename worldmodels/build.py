@@ -80,3 +80,23 @@ def build_world_and_agent(
             env_info = dataclasses.replace(env_info, feature_dim=w.feature_dim)
     a = build_agent(agent, env_info, seed=seed, device=device, channels_last=channels_last)
     return w, a
+
+
+def build_dream(
+    cfg: Any, world: Any, agent: Any, store: Any, *, device: torch.device, amp: bool = False,
+    graphs: str | None = None,
+) -> Any:  # fmt: skip
+    """The ``DreamEnv`` an agent trains in, sized by the agent's config (``num_envs``,
+    ``horizon``, ``training.recency_weights``) and the run's (``schedule.dream_spares``, the seed);
+    None for an agent that does not train in imagination (no ``config.training``)."""
+    from envs.dream import DreamEnv
+
+    training = getattr(agent.config, "training", None)
+    if world is None or training is None:
+        return None
+    return DreamEnv(
+        world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
+        device=device, seed=derive_seed(cfg.run.seed, "dream"),
+        recency_weights=training.recency_weights, amp=amp, observe=agent.observes,
+        spares=cfg.schedule.dream_spares, graphs=graphs,
+    )  # fmt: skip

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from envs.dream import DreamEnv, imagine_step
+from worldmodels.build import build_dream
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
 from worldmodels.config import Config, to_dict
@@ -114,14 +115,9 @@ class OnlineSchedule:
                 store, world.context_len + cfg.schedule.video_horizon,
                 seed=derive_seed(seed, "video"),
             )  # fmt: skip
-            agent_training = getattr(agent.config, "training", None)
-            if agent_training is not None:
-                self.dream = DreamEnv(
-                    world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
-                    device=device, seed=derive_seed(seed, "dream"),
-                    recency_weights=agent_training.recency_weights, amp=amp,
-                    observe=agent.observes, spares=cfg.schedule.dream_spares, graphs=self.graphs,
-                )  # fmt: skip
+            self.dream = build_dream(
+                cfg, world, agent, store, device=device, amp=amp, graphs=self.graphs
+            )
 
     @staticmethod
     def _graphs_mode(
