@@ -19,6 +19,7 @@ from test_cli import ROOT, run
 from envs.testing import random_store
 from worldmodels.compare import (
     PSNR_CAP_DB,
+    clip_scores,
     compare_worlds,
     format_comparison,
     log_comparison,
@@ -533,3 +534,21 @@ def test_compare_refuses_a_world_named_like_a_baseline():
     seg = _moving_square_segments()
     with pytest.raises(ValueError, match="names of baselines"):
         compare_worlds({"copy-last": ProbWorld([0.1, 0.8, 0.1], 0.2)}, seg, horizon=3)
+
+
+def test_training_clip_scores_match_the_closed_forms():
+    seg = _moving_square_segments(n=3, length=6)
+    real = seg.obs[:, 1:]  # frame 0: the "last context frame"
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    perfect = clip_scores(real, real, valid)
+    assert perfect["psnr"] == PSNR_CAP_DB and perfect["moving_psnr"] == PSNR_CAP_DB
+    # copy-last: the square is 10 h levels off at step h; moving pixels: the square, every step
+    d2 = [(10 * h / 255) ** 2 for h in range(1, 5)]
+    want = float(np.mean([10 * math.log10(1 / (x * 16 / 256)) for x in d2]))
+    assert perfect["psnr_copy_last"] == pytest.approx(want)
+    assert perfect["moving_psnr_copy_last"] == pytest.approx(10 * math.log10(1 / np.mean(d2)))
+    cut = valid.clone()
+    cut[:, 3:] = False  # the episodes ended after step 2: steps 3, 4 are not scored
+    two = clip_scores(real, real, cut)
+    want = float(np.mean([10 * math.log10(1 / (x * 16 / 256)) for x in d2[:2]]))
+    assert two["psnr_copy_last"] == pytest.approx(want)

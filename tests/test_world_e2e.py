@@ -33,6 +33,12 @@ def test_diffusion_world_run_logs_what_it_promises(tmp_path):
         "reward_end/loss", "reward_end/steps_per_s",
         "agent/loss", "agent/imagination_frames_per_s",
         "collect/frames_per_s", "test/return_mean", "final/return_mean",
+        # learning made visible (docs/evaluation.md): rare-event rates, update-to-data ratios,
+        # imagination beside the real game and beside copy-last
+        "reward_end/reward_base_rate", "reward_end/end_base_rate", "denoiser/update_to_data",
+        "imagined_vs_real/reward_per_step_imagined", "imagined_vs_real/reward_per_step_real",
+        "imagined_vs_real/end_rate_imagined", "imagined_vs_real/agent_update_to_data",
+        "imagination/psnr", "imagination/psnr_copy_last",
     ):  # fmt: skip
         assert tag in t["scalars"], tag
     assert "imagination/real_vs_imagined" in t["images"]

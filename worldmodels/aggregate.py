@@ -168,10 +168,9 @@ def difference_ci(
     on its own): a CI above 0 says ``a`` scores higher than ``b`` at that level."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    d = (
-        x[rng.integers(0, x.size, size=(reps, x.size))].mean(1)
-        - y[rng.integers(0, y.size, size=(reps, y.size))].mean(1)
-    )
+    d = x[rng.integers(0, x.size, size=(reps, x.size))].mean(1) - y[
+        rng.integers(0, y.size, size=(reps, y.size))
+    ].mean(1)
     tail = 100 * (1 - level) / 2
     return float(np.percentile(d, tail)), float(np.percentile(d, 100 - tail))
 

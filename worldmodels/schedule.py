@@ -20,6 +20,7 @@ from envs.dream import DreamEnv, imagine_step
 from worldmodels.build import build_dream
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
+from worldmodels.compare import clip_scores
 from worldmodels.config import Config, to_dict
 from worldmodels.errors import UserError
 from worldmodels.graphs import capture_refusal, graphs_enabled
@@ -363,6 +364,9 @@ class OnlineSchedule:
         fake = torch.stack(imagined, dim=1)
         pairs = torch.stack((real, fake), dim=1).flatten(0, 1)  # (2N, T, C, H, W): real, imagined
         self.logger.video("imagination/real_vs_imagined", pairs.cpu(), step, nrow=2)
+        # the clip's PSNR, whole frame and moving pixels, beside copy-last's (docs/evaluation.md)
+        scores = clip_scores(real, fake, batch.mask[:, t0 - 1 :])
+        self.logger.scalars(scores, step, prefix="imagination/")
 
     def project_duration(self) -> float:
         """Time one update of every stage and of the agent (on copies: the run is untouched) and
