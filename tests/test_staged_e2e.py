@@ -33,7 +33,10 @@ def test_vae_world_staged_run_logs_every_stage(tmp_path):
     d = tmp_path / "runs" / "v"
     t = tags(d / "tb")
     for tag in ("vae/loss", "vae/kl", "mdn_rnn/loss", "mdn_rnn/nll", "agent/fitness_mean",
-                "collect/frames_per_s", "final/return_mean"):  # fmt: skip
+                "collect/frames_per_s", "final/return_mean", "mdn_rnn/update_to_data",
+                "mdn_rnn/reward_base_rate", "imagined_vs_real/reward_per_step_imagined",
+                "imagined_vs_real/reward_per_step_real", "imagination/moving_psnr_copy_last",
+                ):  # fmt: skip
         assert tag in t["scalars"], tag
     for tag in ("imagination/reconstructions", "imagination/real_vs_imagined", "final/episode"):
         assert tag in t["images"], tag

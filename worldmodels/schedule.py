@@ -294,12 +294,12 @@ class OnlineSchedule:
         self.logger.scalars(logs, self.counters.env_steps, prefix="agent/")
         self.log_imagined_vs_real(logs)
 
-    def log_imagined_vs_real(self, agent_logs: dict[str, float]) -> None:
+    def log_imagined_vs_real(self, agent_logs: dict[str, float], step: int | None = None) -> None:
         """``imagined_vs_real/``: reward per step and end rate of the agent's imagined
         trajectories beside those of its last real collection, and the agent's updates per real
         env step. Imagined trajectories are cut at the dream's horizon, so per-step rates are the
         comparable numbers (an imagined "return" over 15 steps is not an episode's)."""
-        step = self.counters.env_steps
+        step = self.counters.env_steps if step is None else step
         out = {"agent_update_to_data": self.counters.agent_updates / max(step, 1)}
         imagined = self.dream.take_imagined_stats() if self.dream is not None else None
         if imagined is None and "reward_mean" in agent_logs:  # rolled out inside one capture

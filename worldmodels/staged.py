@@ -71,6 +71,7 @@ class StagedSchedule(OnlineSchedule):
             logs = trainer.train(n)
             rate.add(n)
             logs["steps_per_s"] = rate.read()
+            logs["update_to_data"] = trainer.updater.steps / max(self.counters.env_steps, 1)
             self.counters.phase_step += n
             self.counters.updates += n
             self.logger.scalars(logs, self.counters.updates, prefix=f"{name}/")
@@ -91,6 +92,7 @@ class StagedSchedule(OnlineSchedule):
             self.counters.phase_step += n
             self.counters.updates += n
             self.logger.scalars(mean, self.counters.updates, prefix="agent/")
+            self.log_imagined_vs_real(mean, step=self.counters.updates)
             self.checkpoint()
             bar.update(n)
         bar.close()
