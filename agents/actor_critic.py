@@ -138,6 +138,11 @@ class ActorCritic(nn.Module):
         x = self.encoder(to_float(obs)).flatten(1)  # (B, D)
         return self.lstm(x, state)
 
+    @property
+    def uses_context(self) -> bool:
+        """Whether it burns in on the real context frames of ``DreamEnv.reset()``'s info."""
+        return self.config.burn_in
+
     def hot_modules(self) -> list[nn.Module]:
         """Modules whose ``forward`` dominates the run time (``run.compile`` compiles these)."""
         return [self]
@@ -193,7 +198,7 @@ class ActorCritic(nn.Module):
         Where the dream captures CUDA graphs (``dream.graphs``), the whole update - the
         imagined rollout from the sampled contexts, the loss, the backward pass and the optimizer
         step - is one graph, replayed on freshly sampled contexts each time."""
-        graphs = getattr(dream, "graphs", None)
+        graphs = dream.graphs
         if self._updater is None or self._updater.graphs != graphs:
             device = next(self.parameters()).device
             old, self._updater = (
@@ -202,7 +207,7 @@ class ActorCritic(nn.Module):
             )
             if old is not None:  # e.g. restored from a checkpoint: carry its state over
                 self._updater.load_state_dict(old.state_dict())
-        self._updater.amp = getattr(dream, "amp", False)  # the run's precision travels with it
+        self._updater.amp = dream.amp  # the run's precision travels with it
         if not graphs:
             return self._updater.update(self.imagination_loss, dream)
         if self._graph_loss is None or self._graph_loss.args[0] is not dream:
@@ -237,7 +242,7 @@ class ActorCritic(nn.Module):
         # discounted to 0); after a truncation, the value of the final observation, which needs
         # its own forward pass. Trajectories of the dream's horizon, started together by the
         # reset, are truncated at the last step only (restarted ones start counting at 0).
-        truncated_early = getattr(dream, "horizon", cfg.horizon) < cfg.horizon
+        truncated_early = dream.horizon < cfg.horizon
         logps, values, entropies, rews, ends, truncs = [], [], [], [], [], []
         boots: list[Any] = []  # Tensor, None (the next value) or (where, Tensor)
         for t in range(cfg.horizon):

@@ -307,12 +307,12 @@ class CMAESAgent(nn.Module):
             raise ValueError(
                 f"the dream has {dream.num_envs} rows, cmaes needs population x rollouts = {n * r}"
             )
-        device = getattr(dream, "device", self.params.device)
+        device = dream.device
         params = candidates.to(device, torch.float32)  # (N, P)
         obs, _ = dream.reset()  # (B, D)
         ret = torch.zeros(n * r, device=obs.device)
         alive = torch.ones(n * r, dtype=torch.bool, device=obs.device)
-        for _ in range(min(self.config.horizon, getattr(dream, "horizon", self.config.horizon))):
+        for _ in range(min(self.config.horizon, dream.horizon)):
             x = obs.float().view(n, r, -1)  # (N, R, D)
             action = self._scores(x, params).argmax(dim=-1).flatten()  # (B,)
             obs, rew, end, trunc, _ = dream.step(action)
@@ -325,7 +325,7 @@ class CMAESAgent(nn.Module):
         self,
         candidates: Tensor | None,
         env: Any,
-        observe: Callable[[Tensor, Tensor], Tensor],
+        observe: Any,
         episodes_per_candidate: int,
         *,
         seed: int | None = None,
@@ -335,9 +335,9 @@ class CMAESAgent(nn.Module):
 
         ``env`` follows ``envs/atari.py``: ``num_envs``, ``reset(seed=) -> (obs, info)``,
         ``step(actions) -> (obs, reward, terminated, truncated, info)`` with same-step auto-reset.
-        ``observe(obs, first) -> (B, D)`` turns its observations into features, e.g.
-        ``worldmodels.observe.Observer(agent, world, device)`` (its ``reset(num_envs)`` and
-        ``record(actions)`` are called when present). The ``N * E`` episodes are dealt out to the
+        ``observe`` turns its observations into features: a ``worldmodels.observe.Observer(agent,
+        world, device)`` or an object with the same three members, ``reset(num_envs)``,
+        ``observe(obs, first) -> (B, D)`` and ``record(actions)``. The ``N * E`` episodes are dealt out to the
         env's rows in order: a row that finishes an episode starts the next unplayed one, and
         rows with nothing left to play run on, ignored, until every episode is done."""
         if candidates is None:
@@ -351,16 +351,14 @@ class CMAESAgent(nn.Module):
         job = np.arange(m)  # episode each row plays (>= N * E: nothing left)
         next_job = m
         running = np.zeros(m)
-        if hasattr(observe, "reset"):
-            observe.reset(m)
+        observe.reset(m)
         obs, _ = env.reset(seed=seed)
         first = torch.ones(m, dtype=torch.bool)
         while (job < n * e).any():
             x = observe(obs, first).to(device, torch.float32)  # (M, D)
             who = torch.from_numpy(np.minimum(job, n * e - 1) // e).to(device)  # (M,)
             actions = self._scores(x[:, None], params[who])[:, 0].argmax(dim=-1).cpu()  # (M,)
-            if hasattr(observe, "record"):
-                observe.record(actions)
+            observe.record(actions)
             obs, reward, terminated, truncated, _ = env.step(actions)
             running += np.asarray(reward, dtype=np.float64)
             done = torch.as_tensor(terminated | truncated).numpy()

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from worldmodels import contract
 from worldmodels.graphs import CapturedCall, capture_refusal
 from worldmodels.interfaces import Batch
 from worldmodels.replay import ReplayStore, SegmentSampler
@@ -91,9 +92,9 @@ def imagine_step(
     """``world.imagine_step`` after ``steps`` steps since ``imagine_start``, refreshing the state
     first where the world's schedule says so (``imagine_refresh_due``): how to step a world
     by hand, outside ``DreamEnv``."""
-    due = getattr(world, "imagine_refresh_due", None)
-    if due is not None and due(state, steps):
-        state = world.imagine_refresh(state)
+    hooks = contract.refresh(world)
+    if hooks is not None and hooks[0](state, steps):
+        state = hooks[1](state)
     return world.imagine_step(state, action, render=render)
 
 
@@ -192,15 +193,17 @@ class DreamEnv:
         self.amp = amp  # bf16 autocast around the world's calls
         if observe not in ("pixels", "features"):
             raise ValueError(f"observe must be 'pixels' or 'features', got {observe!r}")
-        if observe == "features" and not hasattr(world, "features"):
-            raise ValueError(f"{type(world).__name__} exposes no features to observe")
+        contract.require_world(world)
+        self._features = contract.features_fn(world) if observe == "features" else None
         self.observe = observe
-        self.view = getattr(world, "agent_view", None)  # what pixel agents see of real frames
+        self.view = contract.agent_view(world)  # what pixel agents see of real frames
         self.sampler = SegmentSampler(
             store, world.context_len, pad_left=world.context_len - 1, end_before_final=True,
             recency_weights=recency_weights, seed=seed,
         )  # fmt: skip
-        self._refresh_due = getattr(world, "imagine_refresh_due", None)
+        hooks = contract.refresh(world)
+        self._refresh_due = None if hooks is None else hooks[0]
+        self._refresh_world = None if hooks is None else hooks[1]
         why = capture_refusal(world) if graphs or capture is not None else None
         if why is not None:
             raise ValueError(f"{type(world).__name__}'s imagination cannot be captured: {why}")
@@ -271,7 +274,7 @@ class DreamEnv:
 
     def _observed(self, state: dict[str, Tensor], obs: Tensor) -> Tensor:
         """The agent's view of a state: the frame, or the world's features ``(B, D)``."""
-        return self.world.features(state) if self.observe == "features" else obs
+        return obs if self._features is None else self._features(state)
 
     # ------------------------------------------------------------------ the static functions
 
@@ -305,7 +308,8 @@ class DreamEnv:
 
     def _static_refresh(self, state: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad(), autocast(self.device, self.amp):
-            return self.world.imagine_refresh(state)
+            assert self._refresh_world is not None
+            return self._refresh_world(state)
 
     def take_imagined_stats(self) -> dict[str, float] | None:
         """``reward_per_step`` and ``end_rate`` over the row-steps taken by ``step`` since the last

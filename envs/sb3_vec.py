@@ -45,6 +45,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 from torch import Tensor
 
 from envs.dream import DreamEnv
+from worldmodels import contract
 
 _NUMPY_DTYPES = {torch.uint8: np.uint8, torch.bool: np.bool_, torch.float32: np.float32}
 
@@ -69,7 +70,7 @@ def to_host(tensors: Sequence[Tensor]) -> list[np.ndarray]:
 def observation_space_of(dream: DreamEnv) -> spaces.Box:
     """uint8 ``Box(0, 255, (C, H, W))`` frames, or float32 ``Box(-inf, inf, (D,))`` features."""
     if dream.observe == "features":
-        dim = getattr(dream.world, "feature_dim", None)
+        dim = contract.feature_dim(dream.world)
         if dim is None:
             raise ValueError(
                 f"{type(dream.world).__name__} observes features but has no feature_dim"
@@ -116,8 +117,8 @@ class DreamVecEnv(VecEnv):
         dream = self.dream
         dream.sampler.load_state_dict({"rng": np.random.PCG64(seed).state})
         torch.manual_seed(seed)
-        world_seed = getattr(dream.world, "reseed", None)
-        if callable(world_seed):
+        world_seed = contract.reseed(dream.world)
+        if world_seed is not None:
             world_seed(seed)
 
     def step_async(self, actions: np.ndarray) -> None:

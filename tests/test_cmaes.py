@@ -40,6 +40,7 @@ class Recorder:
 
     def __init__(self, dream):
         self.dream, self.num_envs, self.horizon = dream, dream.num_envs, dream.horizon
+        self.device = dream.device  # what an agent may read of a dream (contract.DREAM_MEMBERS)
         self.resets, self.steps = 0, []
 
     def reset(self):

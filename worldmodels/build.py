@@ -10,6 +10,7 @@ import torch
 
 from envs.atari import AtariVecEnv, make_atari_env
 from envs.atari_config import AtariConfig
+from worldmodels import contract
 from worldmodels.config import Choice
 from worldmodels.interfaces import EnvInfo
 from worldmodels.registry import AGENTS, WORLDS
@@ -61,7 +62,7 @@ def compile_hot_modules(*components: Any) -> int:
     weights, checkpoints and optimizers are unaffected); returns how many were compiled."""
     n = 0
     for component in components:
-        for module in getattr(component, "hot_modules", list)():
+        for module in contract.hot_modules(component):
             module.compile()
             n += 1
     return n
@@ -76,8 +77,9 @@ def build_world_and_agent(
     w = None
     if world is not None:
         w = build_world(world, env_info, device=device, channels_last=channels_last)
-        if hasattr(w, "feature_dim"):
-            env_info = dataclasses.replace(env_info, feature_dim=w.feature_dim)
+        dim = contract.feature_dim(w)
+        if dim is not None:
+            env_info = dataclasses.replace(env_info, feature_dim=dim)
     a = build_agent(agent, env_info, seed=seed, device=device, channels_last=channels_last)
     return w, a
 
@@ -91,7 +93,7 @@ def build_dream(
     None for an agent that does not train in imagination (no ``config.training``)."""
     from envs.dream import DreamEnv
 
-    training = getattr(agent.config, "training", None)
+    training = contract.agent_training(agent)
     if world is None or training is None:
         return None
     return DreamEnv(

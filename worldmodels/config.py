@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from envs.atari_config import AtariConfig
+from worldmodels import contract
 from worldmodels.checks import at_least, check_module_name, check_name, in_range
 from worldmodels.errors import UserError, choices
 from worldmodels.registry import AGENTS, WORLDS, loaded_plugins
@@ -556,8 +557,8 @@ def resolve(
     if world is not None:
         # A world's own published settings (IRIS's schedule and actor-critic), under the presets.
         world_cls = WORLDS.get(world)
-        tree["schedule"] = deep_merge(tree["schedule"], getattr(world_cls, "schedule_defaults", {}))
-        own = getattr(world_cls, "agent_defaults", {}).get(agent, {})
+        tree["schedule"] = deep_merge(tree["schedule"], contract.schedule_defaults(world_cls))
+        own = contract.agent_defaults(world_cls, agent)
         tree["agent"] = deep_merge(tree["agent"], own)
 
     preset_tree = _named_yaml("preset", preset, "preset")
@@ -595,7 +596,7 @@ def _default_agent(world: str | None) -> str | None:
     """The agent a world trains when none is named (``default_agent`` on the world class)."""
     if world is None:
         return None
-    return getattr(WORLDS.get(world), "default_agent", None)
+    return contract.default_agent(WORLDS.get(world))
 
 
 def _yaml_if_exists(kind: str, name: str) -> dict:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from worldmodels import contract
 from worldmodels.errors import UserError
 
 Mode = Literal["cuda", "simulate"]
@@ -67,8 +68,7 @@ def graphs_enabled(setting: str, device: torch.device) -> bool:
 def capture_refusal(world: Any) -> str | None:
     """Why ``world``'s imagination cannot be captured (None if it declares that it can:
     ``graph_capture = True``; a world may set it to a sentence saying why not)."""
-    why = getattr(world, "graph_capture", "it does not declare graph_capture = True")
-    return None if why is True else str(why)
+    return contract.capture_refusal(world)
 
 
 def _key(leaves: list[Any], spec: Any) -> tuple:

@@ -7,6 +7,11 @@ channel-first ``(C, H, W)``; models convert to float in ``[-1, 1]`` themselves.
 Every trainable stage has the same contract, ``loss(batch) -> (loss, logs)``, so one generic update
 trains them all (DIAMOND's design). Any agent trains in any world through ``DreamEnv``, which has
 the same ``reset/step`` conventions as the real vector env in ``envs/atari.py``.
+
+The ``World`` and ``Agent`` protocols below state the required members with their types; the
+optional capabilities, the messages for what is missing and the accessors the framework calls
+are in ``worldmodels.contract``, and ``worldmodels.checks.check_world``/``check_agent`` run the
+whole contract on an object.
 """
 
 from __future__ import annotations

@@ -16,21 +16,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from worldmodels import contract
 from worldmodels.errors import UserError
 
 
 def check_observable(agent: Any, world: Any) -> None:
     """A one-line error if ``agent`` wants features that ``world`` does not expose."""
-    if getattr(agent, "observes", "pixels") != "features":
+    if contract.observes(agent) != "features":
         return
-    name = getattr(agent, "registry_name", type(agent).__name__)
     if world is None:
+        name = contract.name_of(agent)
         raise UserError(f"agent {name!r} observes world features: choose a --world for it")
-    if not (hasattr(world, "observe") and hasattr(world, "features")):
-        raise UserError(
-            f"agent {name!r} observes features, which world "
-            f"{getattr(world, 'registry_name', type(world).__name__)!r} does not expose"
-        )
+    why = contract.incompatibility(agent, world)
+    if why is not None:
+        raise UserError(why)
 
 
 class Observer:
@@ -38,10 +37,11 @@ class Observer:
 
     def __init__(self, agent: Any, world: Any, device: torch.device | str) -> None:
         check_observable(agent, world)
-        used = getattr(agent, "uses_observations", True)
-        self.features = used and getattr(agent, "observes", "pixels") == "features"
+        used = contract.uses_observations(agent)
+        self.features = used and contract.observes(agent) == "features"
         self.world = world
-        self.view = None if world is None or not used else getattr(world, "agent_view", None)
+        self.view = contract.agent_view(world) if used else None
+        self._observe = contract.observe_fn(world) if self.features else None
         self.device = torch.device(device)
         self._state: Any = None
         self._prev_action: Tensor | None = None
@@ -58,7 +58,8 @@ class Observer:
         if self.features:
             if self._prev_action is None:
                 self.reset(obs.shape[0])
-            self._state, feats = self.world.observe(self._state, obs, self._prev_action, first)
+            assert self._observe is not None
+            self._state, feats = self._observe(self._state, obs, self._prev_action, first)
             return feats
         return obs if self.view is None else self.view(obs)
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from envs.dream import DreamEnv, imagine_step
+from worldmodels import contract
 from worldmodels.build import build_dream
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
@@ -130,7 +131,7 @@ class OnlineSchedule:
         why = capture_refusal(world)
         if why is None:
             return "cuda"
-        name = getattr(world, "registry_name", type(world).__name__)
+        name = contract.name_of(world)
         if cfg.run.cuda_graphs == "on":
             raise UserError(f"run.cuda_graphs=on: world {name!r} cannot be captured ({why})")
         log(f"CUDA graphs off: world {name!r} cannot be captured ({why})")
@@ -344,7 +345,7 @@ class OnlineSchedule:
             return
         step = self.counters.env_steps if step is None else step
         batch = self.video_sampler.sample(num).to(self.device)
-        recon = getattr(self.world, "reconstruct", None)
+        recon = contract.reconstruct(self.world)
         if recon is not None:
             frames = batch.obs[:, 0]
             with autocast(self.device, self.amp):

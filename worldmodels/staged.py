@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from agents.random import RandomAgent
+from worldmodels import contract
 from worldmodels.interfaces import EnvInfo
 from worldmodels.schedule import OnlineSchedule
 from worldmodels.seeding import derive_seed
@@ -120,5 +121,5 @@ def schedule_class(cfg: Any, world: Any) -> type[OnlineSchedule]:
     """The schedule a run uses: ``schedule.kind``, or with ``auto`` the world's own."""
     kind = cfg.schedule.kind
     if kind == "auto":
-        kind = getattr(world, "schedule", "online")
+        kind = contract.schedule_kind(world)
     return StagedSchedule if kind == "staged" else OnlineSchedule
