@@ -1,6 +1,5 @@
-"""Agents (stage 3). Importing this package registers the built-in ones in ``AGENTS``."""
+"""Agents (stage 3), one module each (``sb3.py`` registers several).
 
-import agents.actor_critic  # noqa: F401  (registers "actor_critic")
-import agents.cmaes  # noqa: F401  (registers "cmaes")
-import agents.sb3  # noqa: F401  (registers "sb3_ppo", "sb3_a2c", "sb3_dqn")
-from agents import random  # noqa: F401  (registers "random")
+Every module here is imported by ``worldmodels.registry.AGENTS`` when an agent name is first
+looked up; a module registers its agent with ``@AGENTS.register("name")``.
+"""

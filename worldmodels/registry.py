@@ -1,10 +1,13 @@
 """Short names -> component classes, for encoders, dynamics models, worlds and agents.
 
 A component is a class with a ``Config`` class attribute (a frozen dataclass). Built-in components
-register themselves with a decorator when their package is imported; third-party packages add
-theirs through a Python entry point in the group ``worldmodels.<kind>`` (for example
-``[project.entry-points."worldmodels.agents"] my_agent = "my_pkg.agent:MyAgent"``), or by calling
-``AGENTS.register("my_agent")(MyAgent)`` in code imported before the CLI resolves names.
+register themselves with a decorator (``@WORLDS.register("iris")``) in a module of their package
+(``worldmodels/worlds/``, ``agents/``, ``worldmodels/encoders/``, ``worldmodels/dynamics/``):
+every module of that package is imported when a name is first looked up, so a new file there is
+all it takes (no list to add it to). Third-party packages add theirs through a Python entry point
+in the group ``worldmodels.<kind>`` (for example ``[project.entry-points."worldmodels.agents"]
+my_agent = "my_pkg.agent:MyAgent"``), or by calling ``AGENTS.register("my_agent")(MyAgent)`` in
+code imported before the CLI resolves names (``--plugin my_pkg.agent``).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import pkgutil
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from worldmodels.checks import check_module_name
+from worldmodels.contract import require_config
 from worldmodels.errors import UserError, choices, one_line
 
 T = TypeVar("T")
@@ -24,10 +29,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A name -> class map with lazy loading of built-in modules and entry points."""
 
-    def __init__(self, kind: str, group: str, builtin_modules: Iterable[str] = ()) -> None:
+    def __init__(self, kind: str, group: str, builtin_packages: Iterable[str] = ()) -> None:
         self.kind = kind  # "agent", "world", ...: used in messages
         self.group = group  # the entry-point group third-party packages register into
-        self._builtin_modules = tuple(builtin_modules)
+        self._builtin_packages = tuple(builtin_packages)  # each of their modules is imported
         self._classes: dict[str, type[T]] = {}
         self._loaded = False
 
@@ -35,8 +40,7 @@ class Registry(Generic[T]):
         """Class decorator: ``@AGENTS.register("random")``."""
 
         def deco(cls: type[T]) -> type[T]:
-            if not hasattr(cls, "Config"):
-                raise TypeError(f"{self.kind} {cls.__name__} needs a `Config` dataclass attribute")
+            require_config(cls, self.kind)
             existing = self._classes.get(name)
             if existing is not None and existing is not cls:
                 raise ValueError(
@@ -53,8 +57,11 @@ class Registry(Generic[T]):
         if self._loaded:
             return
         self._loaded = True
-        for module in self._builtin_modules:
-            importlib.import_module(module)
+        for package in self._builtin_packages:
+            pkg = importlib.import_module(package)
+            for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{package}.{info.name}")
         for ep in importlib.metadata.entry_points(group=self.group):
             if ep.name in self._classes:
                 continue

@@ -1,4 +1,1 @@
-"""Stage 1 encoders (observation -> latent). Importing this package registers the built-ins."""
-
-import worldmodels.encoders.vae  # noqa: F401  (registers "vae")
-import worldmodels.encoders.vqvae  # noqa: F401  (registers "vqvae")
+"""Stage 1 encoders (observation -> latent), one module each; ``ENCODERS`` imports them all."""

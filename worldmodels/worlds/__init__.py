@@ -1,5 +1,5 @@
-"""World compositions (encoder + dynamics + reward/end). Importing this package registers them."""
+"""World compositions (encoder + dynamics + reward/end), one module each.
 
-import worldmodels.worlds.diffusion  # noqa: F401  (registers "diffusion")
-import worldmodels.worlds.iris  # noqa: F401  (registers "iris")
-import worldmodels.worlds.vae  # noqa: F401  (registers "vae")
+Every module here is imported by ``worldmodels.registry.WORLDS`` when a world name is first
+looked up; a module registers its world with ``@WORLDS.register("name")``.
+"""
