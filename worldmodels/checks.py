@@ -1,4 +1,14 @@
-"""Range checks for config dataclasses: each ``__post_init__`` states its fields' valid ranges.
+"""Checks a user runs on their own code: ``check_world`` and ``check_agent`` (the plug-in contract,
+``docs/worlds.md`` and ``docs/agents.md``), and the range checks of config dataclasses.
+
+``check_world(world, env_info)`` and ``check_agent(agent, env_info)`` run on a live object what
+``tests/test_conformance.py`` runs on every registered world and agent, and raise a
+``worldmodels.contract.ContractError`` with a one-line message naming the problem::
+
+    from worldmodels.checks import check_world
+    check_world(MyWorld(MyWorld.Config(), env_info), env_info)
+
+Range checks: each config ``__post_init__`` states its fields' valid ranges.
 
 They raise ``ValueError`` with a message that starts with the field name and names the range;
 ``worldmodels.config`` turns it into a one-line ``UserError`` with the field's full key path
@@ -13,6 +23,26 @@ import re
 from typing import Any
 
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_world(
+    world: Any, env_info: Any, *, seed: int = 0, steps: int = 4, train: bool = True,
+    compile: bool = False, store: Any = None,
+) -> None:  # fmt: skip
+    """The world contract on ``world``: see ``worldmodels.conformance.check_world``."""
+    from worldmodels.conformance import check_world as run  # heavy imports, only when used
+
+    run(world, env_info, seed=seed, steps=steps, train=train, compile=compile, store=store)
+
+
+def check_agent(
+    agent: Any, env_info: Any, *, world: Any = None, seed: int = 0, steps: int = 3,
+    train: bool = True,
+) -> None:  # fmt: skip
+    """The agent contract on ``agent``: see ``worldmodels.conformance.check_agent``."""
+    from worldmodels.conformance import check_agent as run  # heavy imports, only when used
+
+    run(agent, env_info, world=world, seed=seed, steps=steps, train=train)
 
 
 def at_least(obj: Any, minimum: float, *names: str) -> None:
