@@ -253,3 +253,40 @@ def test_every_agent_in_a_world_without_features_or_skipped_with_the_reason(name
         assert contract.observes(agent) == "features"
         pytest.skip(why)
     check_agent(agent, dataclasses.replace(env, feature_dim=None), world=world)
+
+
+def test_a_config_that_is_not_frozen_is_named():
+    class Thawed(LatentWorld):
+        @dataclasses.dataclass  # not frozen: a run's config could change under it
+        class Config:
+            width: int = 1
+
+    message = _fails(check_world, Thawed(SMALL, ENV), ENV)
+    assert message == (
+        "world 'latent' (Thawed): its Config must be a frozen dataclass (@dataclass(frozen=True))"
+    )
+
+
+def test_the_checks_leave_what_they_check_as_it_was():
+    """Training steps run on copies, acting on a copy, and torch's global RNG is restored."""
+    from examples_inproc import load_example
+
+    world = LatentWorld(SMALL, ENV)
+    agent_cls = load_example("reinforce_agent").ReinforceLinearAgent
+    env = dataclasses.replace(ENV, feature_dim=world.feature_dim)
+    agent = agent_cls(agent_cls.Config(num_envs=2, horizon=3), env, seed=0)
+    before = [_snapshot(world), _snapshot(agent), torch.random.get_rng_state()]
+    check_world(world, ENV)
+    check_agent(agent, env, world=world)
+    after = [_snapshot(world), _snapshot(agent), torch.random.get_rng_state()]
+    for a, b in zip(before[:2], after[:2], strict=True):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert torch.equal(before[2], after[2])
+    assert world.training  # back in the mode it was in
+
+
+def _snapshot(module):
+    """Every tensor of its state_dict, and its generator's state where it has one."""
+    state = module.state_dict()
+    extra = state.pop("_extra_state", {}).get("generator")
+    return [t.clone() for t in state.values()] + ([extra.clone()] if extra is not None else [])

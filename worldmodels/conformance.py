@@ -10,6 +10,7 @@ training steps run on copies.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import tempfile
@@ -51,12 +52,10 @@ def _device_of(module: Any) -> torch.device:
 
 
 def _check_config_class(cls: type, fail: _Fail) -> None:
-    config = cls.__dict__.get("Config") or next(
-        (c.__dict__["Config"] for c in cls.__mro__ if "Config" in c.__dict__), None
-    )
+    config = contract.config_class(cls)
     if config is None:
         return  # an unregistered object (a test double): no Config to check
-    if not dataclasses.is_dataclass(config) or not config.__dataclass_params__.frozen:
+    if not dataclasses.is_dataclass(config) or not config.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         raise fail("its Config must be a frozen dataclass (@dataclass(frozen=True))")
 
 
@@ -172,8 +171,8 @@ def _frames(n: int, shape: tuple, device: torch.device, seed: int) -> Tensor:
 def _rebuild(component: Any, env_info: EnvInfo, init_seed: int, **kwargs: Any) -> Any | None:
     """A new instance of the component's class from its config (None if it has none)."""
     cls = type(component)
-    config = vars(component).get("config")
-    if config is None or not any("Config" in c.__dict__ for c in cls.__mro__):
+    config = contract.config_of(component)
+    if config is None or contract.config_class(cls) is None:
         return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed + 12345)  # other initial weights than the original's, if random
@@ -196,7 +195,7 @@ def _round_trip(fail: _Fail, key: str, source: nn.Module, target: nn.Module) -> 
 # ---------------------------------------------------------------------------- worlds
 
 
-def check_world(
+def _world_checks(
     world: Any,
     env_info: EnvInfo,
     *,
@@ -669,7 +668,7 @@ def _acts(agent: Any, obs: Tensor, steps: int) -> Iterator[tuple[Tensor, Any]]:
         first = torch.zeros_like(first)
 
 
-def check_agent(
+def _agent_checks(
     agent: Any,
     env_info: EnvInfo,
     *,
@@ -714,6 +713,7 @@ def check_agent(
                 "observes features: check it with an env_info that has feature_dim (or a world with features)"
             )
     device = _device_of(agent)
+    agent = copy.deepcopy(agent)  # acting draws from its generators: the caller's stay as they are
     obs = _agent_obs(observes, env_info, dim, 5, device, seed)
     with _phase(fail, "initial_state(5, device)"):
         state = agent.initial_state(5, device)
@@ -831,3 +831,47 @@ def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, obse
         device,
         "(B,)",
     )
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+@contextlib.contextmanager
+def _rng_kept(device: torch.device) -> Iterator[None]:
+    """Torch's global RNG (CPU, and ``device``'s if CUDA) as it was, whatever the checks seed."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        yield
+
+
+def check_world(
+    world: Any,
+    env_info: EnvInfo,
+    *,
+    seed: int = 0,
+    steps: int = 4,
+    train: bool = True,
+    compile: bool = False,
+    store: ReplayStore | None = None,
+) -> None:
+    with _rng_kept(_device_of(world)):
+        _world_checks(
+            world, env_info, seed=seed, steps=steps, train=train, compile=compile, store=store
+        )
+
+
+def check_agent(
+    agent: Any,
+    env_info: EnvInfo,
+    *,
+    world: Any = None,
+    seed: int = 0,
+    steps: int = 3,
+    train: bool = True,
+) -> None:
+    with _rng_kept(_device_of(agent)):
+        _agent_checks(agent, env_info, world=world, seed=seed, steps=steps, train=train)
+
+
+check_world.__doc__ = _world_checks.__doc__
+check_agent.__doc__ = _agent_checks.__doc__

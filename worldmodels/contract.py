@@ -140,6 +140,18 @@ def require_config(cls: type, kind: str) -> None:
         raise ContractError(f"{kind} {cls.__name__}: `Config` must be a dataclass")
 
 
+def config_class(component: Any) -> type | None:
+    """The component's ``Config`` class (None for an unregistered object without one)."""
+    config = _get(_cls(component), "Config")
+    return config if isinstance(config, type) else None
+
+
+def config_of(component: Any) -> Any:
+    """The config a component was built from (``self.config``), or None."""
+    config = _get(component, "config")
+    return None if config is _MISSING else config
+
+
 def require_world(world: Any) -> None:
     """Every member in ``WORLD_REQUIRED``, and the optional ones declared consistently."""
     _missing("world", world, WORLD_REQUIRED)
