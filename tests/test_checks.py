@@ -17,6 +17,7 @@ from worldmodels.checks import check_agent, check_world
 from worldmodels.contract import ContractError
 from worldmodels.interfaces import EnvInfo
 from worldmodels.registry import AGENTS
+from worldmodels.training import StageTraining
 
 ENV = EnvInfo(num_actions=4, obs_shape=(3, 16, 16))
 LatentWorld = load_example("latent_world").LatentWorld
@@ -196,6 +197,16 @@ class TrainsWithoutADream(RandomAgent):
         training: object = dataclasses.field(default_factory=lambda: RandomAgent.Config())
 
 
+class LearnsNothing(RandomAgent):
+    """Declares training in imagination, and does none."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        num_envs: int = 2
+        horizon: int = 2
+        training: StageTraining = dataclasses.field(default_factory=StageTraining)
+
+
 @pytest.mark.parametrize(
     "agent_cls, expected",
     [
@@ -204,6 +215,10 @@ class TrainsWithoutADream(RandomAgent):
         (GlobalRNG, "two agents built with seed=0 act differently"),
         (ContextOnFeatures, "declares uses_context = True but observes features"),
         (TrainsWithoutADream, "its config has `training` but no `num_envs`"),
+        (
+            LearnsNothing,
+            "has config.training, but 3 calls of train_in_imagination changed no weight",
+        ),
     ],
     ids=lambda x: x.__name__ if isinstance(x, type) else "",
 )
@@ -245,7 +260,7 @@ def test_every_agent_in_a_world_without_features_or_skipped_with_the_reason(name
     from test_conformance import _resolve
 
     env = EnvInfo(num_actions=4, obs_shape=(3, 64, 64), feature_dim=8)
-    world = BanditWorld(obs_shape=env.obs_shape)
+    world = BanditWorld(obs_shape=env.obs_shape, end_prob=0.3)
     agent_cls = AGENTS.get(name)
     agent = agent_cls(_resolve(agent=name).agent.config, env, seed=0)
     why = contract.incompatibility(agent, world)
