@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from envs.dream import imagine_step
+from worldmodels import contract
 from worldmodels.errors import UserError
 from worldmodels.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from worldmodels.interfaces import Batch
@@ -432,7 +433,7 @@ def teacher_forced(
     """The world's reward-sign and end probabilities ``(N, H, 3)``, ``(N, H)`` for the ``H``
     scored transitions, from real frames (``world.reward_end_probs`` on the segments' rows up to
     the last scored transition's next frame); None if the world has no ``reward_end_probs``."""
-    fn = getattr(world, "reward_end_probs", None)
+    fn = contract.reward_end_probs(world)
     if fn is None:
         return None
     device = torch.device(device)

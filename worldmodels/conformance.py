@@ -474,6 +474,9 @@ def _check_frames_and_features(
             raise fail(
                 f"hot_modules() returned a {type(module).__name__} that is not a submodule of the world"
             )
+    probs = contract.reward_end_probs(world)
+    if probs is not None:
+        _check_reward_end_probs(fail, world, probs, env_info, device, seed)
     dim = contract.feature_dim(world)
     observe = contract.observe_fn(world)
     if dim is None:
@@ -518,6 +521,29 @@ def _check_frames_and_features(
         )
         prev = torch.ones_like(prev)
         first = torch.zeros_like(first)
+
+
+def _check_reward_end_probs(
+    fail: _Fail, world: Any, probs: Callable[..., Any], env_info: EnvInfo, device: torch.device,
+    seed: int,
+) -> None:  # fmt: skip
+    t = world.context_len + 3
+    store = random_store(
+        num_episodes=2, length=max(12, t + 4), obs_shape=tuple(env_info.obs_shape),
+        num_actions=env_info.num_actions, seed=seed,
+    )  # fmt: skip
+    rows = SegmentSampler(store, t, seed=seed).sample(BATCH).to(device)
+    with torch.no_grad(), _phase(fail, "reward_end_probs(obs, act, mask)"):
+        out = probs(rows.obs, rows.act, rows.mask)
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise fail("reward_end_probs must return (reward-sign probs or None, end probs or None)")
+    rew, end = out
+    if rew is not None:
+        _tensor(fail, "reward_end_probs returned reward-sign probs", rew, "float",
+                (BATCH, t - 1, 3), device, "(B, T - 1, 3)")  # fmt: skip
+    if end is not None:
+        _tensor(fail, "reward_end_probs returned end probs", end, "float", (BATCH, t - 1), device,
+                "(B, T - 1)")  # fmt: skip
 
 
 def _dream_run(world: Any, store: ReplayStore, device: torch.device, seed: int, *,

@@ -15,6 +15,7 @@ world capability              accessor (what the framework does with it)
 ``reconstruct``               ``reconstruct(world)``: the reconstruction videos
 ``hot_modules``               ``hot_modules(component)``: ``run.compile`` (agents too)
 ``reseed``                    ``reseed(world)``: seeding through the SB3 ``VecEnv``
+``reward_end_probs``          ``reward_end_probs(world)``: teacher-forced reward/end scores
 ``imagine_refresh_due`` and   ``refresh(world)``: a state of bounded capacity (IRIS's
 ``imagine_refresh``           key/value cache)
 ``graph_capture``             ``capture_refusal(world)``: CUDA graphs / static steps
@@ -260,6 +261,13 @@ def hot_modules(component: Any) -> list[Any]:
                 f"got {type(m).__name__}"
             )
     return modules
+
+
+def reward_end_probs(world: Any) -> Callable[..., Any] | None:
+    """``world.reward_end_probs(obs, act, mask) -> (reward-sign probs (B, T-1, 3) or None, end
+    probs (B, T-1) or None)``, teacher-forced on real rows: what ``evaluate.py --compare`` scores
+    open loop against (None if the world has none)."""
+    return _method(world, "reward_end_probs")
 
 
 def reseed(world: Any) -> Callable[[int], None] | None:
