@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     from worldmodels.errors import DiskFull
     from worldmodels.replay import ReplayStore
     from worldmodels.runs import RunDir, versions
-    from worldmodels.staged import schedule_class
+    from worldmodels.staged import make_schedule
     from worldmodels.tb import TBLogger
     from worldmodels.training import NonFiniteTraining
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             run.write_config(C.dump(cfg))
         logger = stack.enter_context(contextlib.closing(TBLogger(str(run.tb))))
         ver = versions()
-        schedule = schedule_class(cfg, world)(
+        schedule = make_schedule(
             cfg,
             run,
             agent=agent,

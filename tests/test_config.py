@@ -58,7 +58,10 @@ def test_override_values_are_typed():
         ({"env": "NotAGame"}, "unknown Atari game 'NotAGame'"),
         ({"world": "nope"}, "unknown world 'nope'"),
         ({"agent": "nope"}, "unknown agent 'nope' (valid: "),
-        ({"preset": "huge"}, "unknown preset 'huge' (valid: atari100k, learn-cpu, learn-gpu, paper, smoke"),
+        (
+            {"preset": "huge"},
+            "unknown preset 'huge' (valid: atari100k, learn-cpu, learn-gpu, paper, smoke",
+        ),
         ({"protocol": "x"}, "unknown env protocol 'x' (valid: atari100k, machado)"),
         ({"overrides": ["schedule.epochz=3"]}, "unknown config key 'schedule.epochz' (valid: "),
         ({"overrides": ["bogus.x=1"]}, "unknown config section 'bogus'"),

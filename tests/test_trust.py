@@ -272,12 +272,12 @@ def test_a_start_that_fails_while_building_leaves_no_directory(here, capsys):
 
 def test_a_start_that_fails_after_creating_its_directory_removes_it(here, monkeypatch, capsys):
     from worldmodels.errors import UserError
-    from worldmodels.schedule import OnlineSchedule
+    from worldmodels.schedule import RunSteps
 
     def refuse(self, *args, **kwargs):
         raise UserError("refused while setting up the schedule")
 
-    monkeypatch.setattr(OnlineSchedule, "__init__", refuse)
+    monkeypatch.setattr(RunSteps, "__init__", refuse)
     line = one_line(*call("train.py", "--name", "g", *TINY, capsys=capsys)[::2])
     assert "refused while setting up the schedule" in line
     assert not (here / "runs" / "g").exists()

@@ -102,3 +102,86 @@ def build_dream(
         recency_weights=training.recency_weights, amp=amp, observe=agent.observes,
         spares=cfg.schedule.dream_spares, graphs=graphs,
     )  # fmt: skip
+
+
+def graphs_mode(
+    cfg: Any, world: Any, device: torch.device, log: Callable[[str], None]
+) -> str | None:
+    """``run.cuda_graphs`` for this world on ``device``: "cuda" or None (with a line saying why
+    not; a one-line ``UserError`` when ``on`` was asked of a world that cannot be captured)."""
+    from worldmodels.errors import UserError
+    from worldmodels.graphs import capture_refusal, graphs_enabled
+
+    if not graphs_enabled(cfg.run.cuda_graphs, device) or world is None:
+        return None
+    why = capture_refusal(world)
+    if why is None:
+        return "cuda"
+    name = contract.name_of(world)
+    if cfg.run.cuda_graphs == "on":
+        raise UserError(f"run.cuda_graphs=on: world {name!r} cannot be captured ({why})")
+    log(f"CUDA graphs off: world {name!r} cannot be captured ({why})")
+    return None
+
+
+@dataclasses.dataclass
+class RunParts:
+    """What a training run is made of, built from its config by ``build_parts``: a schedule's
+    steps (``worldmodels.schedule.RunSteps``) use them and build nothing."""
+
+    make_env: Callable[[str, int], Any]  # (mode, num_envs) -> a real vector env
+    train_env: Any  # the real games experience is collected from
+    collect_agent: Any  # the policy that collects (the agent, or the staged schedule's random one)
+    new_collector: Callable[[int], Any]  # env seed -> a Collector on train_env (resumes use it)
+    collector: Any
+    stage_trainers: dict[str, Any]  # stage name -> StageTrainer
+    dream: Any  # DreamEnv, or None (no world, or an agent that does not train in imagination)
+    video_sampler: Any  # SegmentSampler of the imagination videos, or None
+    graphs: str | None  # "cuda" where the hot loops replay CUDA graphs
+
+
+def build_parts(
+    cfg: Any, *, agent: Any, world: Any, store: Any, make_env: Callable[[str, int], Any],
+    device: torch.device, amp: bool = False, log: Callable[[str], None] = print,
+    collect_agent: Any = None,
+) -> RunParts:  # fmt: skip
+    """The parts of a run: the real training env and its collector (acting with
+    ``collect_agent``, default the agent), one ``StageTrainer`` per world stage, the
+    ``DreamEnv``, the video sampler, the CUDA-graph mode. A world whose stage names collide with
+    the schedule's phases or TensorBoard sections is refused in one line
+    (``contract.check_stage_names``)."""
+    from worldmodels.collect import Collector
+    from worldmodels.observe import Observer
+    from worldmodels.replay import SegmentSampler
+    from worldmodels.training import StageTrainer
+
+    s, seed = cfg.schedule, cfg.run.seed
+    graphs = graphs_mode(cfg, world, device, log)
+    stage_trainers: dict[str, Any] = {}
+    video_sampler = dream = None
+    if world is not None:
+        stages = world.stages()
+        contract.check_stage_names(world, stages)
+        for name, stage in stages.items():
+            stage_trainers[name] = StageTrainer(
+                stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp,
+                graphs=graphs or False, max_nonfinite_in_a_row=s.max_nonfinite_in_a_row,
+            )  # fmt: skip
+        video_sampler = SegmentSampler(
+            store, world.context_len + s.video_horizon, seed=derive_seed(seed, "video")
+        )
+        dream = build_dream(cfg, world, agent, store, device=device, amp=amp, graphs=graphs)
+    collect_agent = agent if collect_agent is None else collect_agent
+    train_env = make_env("train", s.num_envs)
+
+    def new_collector(env_seed: int) -> Collector:
+        return Collector(
+            train_env, store, epsilon=s.collect_epsilon, seed=env_seed, device=device,
+            observer=Observer(collect_agent, world, device),
+        )  # fmt: skip
+
+    return RunParts(
+        make_env=make_env, train_env=train_env, collect_agent=collect_agent,
+        new_collector=new_collector, collector=new_collector(derive_seed(seed, "collect", 0)),
+        stage_trainers=stage_trainers, dream=dream, video_sampler=video_sampler, graphs=graphs,
+    )  # fmt: skip

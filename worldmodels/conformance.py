@@ -260,6 +260,11 @@ def _check_stages(
             raise fail(f"stages()[{name!r}] is a {type(stage).__name__}, expected a Stage")
         if stage.name != name:
             raise fail(f"stages()[{name!r}] is named {stage.name!r}: the key must be its name")
+        if name in contract.RESERVED_STAGE_NAMES or not name.isidentifier():
+            raise fail(
+                f"stage name {name!r} is reserved or not an identifier (reserved: "
+                f"{', '.join(contract.RESERVED_STAGE_NAMES)})"
+            )
         if id(stage.module) not in submodules:
             raise fail(
                 f"stage {name!r}: its module is not a submodule of the world (checkpoints would miss it)"

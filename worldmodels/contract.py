@@ -192,6 +192,34 @@ def _method(world: Any, name: str, kind: str = "world") -> Callable[..., Any] | 
     return fn
 
 
+RESERVED_STAGE_NAMES = (
+    "agent", "collect", "compare", "config", "final", "imagination", "imagined_vs_real",
+    "learning", "progress", "replay", "test",
+)  # fmt: skip
+"""Names a world's stage may not take: the schedules' phases (``collect``, ``agent``, ``test``)
+and the run's own TensorBoard sections, which a stage's logs would be mixed into."""
+
+
+def check_stage_names(world: Any, stages: Mapping[str, Any]) -> None:
+    """A ``ContractError`` unless every key of ``stages()`` is a Python identifier, not one of
+    ``RESERVED_STAGE_NAMES``, and the name its ``Stage`` carries."""
+    for key, stage in stages.items():
+        if not (isinstance(key, str) and key.isidentifier()):
+            raise ContractError(
+                f"{describe('world', world)}: stage name {key!r} is not an identifier"
+            )
+        if key in RESERVED_STAGE_NAMES:
+            raise ContractError(
+                f"{describe('world', world)}: stage name {key!r} is reserved (the schedule's "
+                f"phases and TensorBoard sections: {', '.join(RESERVED_STAGE_NAMES)}); rename it"
+            )
+        name = getattr(stage, "name", key)
+        if name != key:
+            raise ContractError(
+                f"{describe('world', world)}: stages()[{key!r}] is a Stage named {name!r}"
+            )
+
+
 def feature_dim(world: Any) -> int | None:
     """``D`` of ``world.features(state) -> (B, D)`` if the world exposes features, else None.
     ``features`` and ``feature_dim`` come together."""

@@ -1,6 +1,11 @@
-"""The online schedule (IRIS / DIAMOND): initial collection, then epochs of
-collect -> train each stage -> train the agent in imagination, with real test episodes and a
-checkpoint along the way. Each step is a method; ``run`` only sequences them.
+"""A run's steps and the online schedule that sequences them.
+
+``RunSteps`` holds what every schedule does, each a method on the parts ``build.build_parts``
+made: collect real experience, train each world stage, train the agent in imagination, test in
+the real game, checkpoint, restore, the final test. ``OnlineSchedule`` (IRIS / DIAMOND) is the
+initial collection, then epochs of collect -> train each stage -> train the agent in
+imagination, with real test episodes and a checkpoint along the way; it only sequences the steps
+(``worldmodels.staged`` holds the staged schedule and ``make_schedule``).
 """
 
 from __future__ import annotations
@@ -16,17 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.dream import DreamEnv, imagine_step
+from envs.dream import imagine_step
 from worldmodels import contract
-from worldmodels.build import build_dream
+from worldmodels.build import RunParts
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from worldmodels.collect import Collector, CollectStats, TestResult, play_test_episodes
+from worldmodels.collect import CollectStats, TestResult, play_test_episodes
 from worldmodels.compare import clip_scores
 from worldmodels.config import Config, to_dict
 from worldmodels.errors import UserError
-from worldmodels.graphs import capture_refusal, graphs_enabled
 from worldmodels.observe import Observer
-from worldmodels.replay import ReplayStore, SegmentSampler
+from worldmodels.replay import ReplayStore
 from worldmodels.results import keep_previous, results_record, summary_line, write_results
 from worldmodels.runs import RunDir
 from worldmodels.scores import human_normalized
@@ -66,18 +70,21 @@ class Counters:
     agent_updates: int = 0  # updates in imagination so far (update-to-data ratio)
 
 
-class OnlineSchedule:
-    """Sequences the stages of an online run and owns its checkpoints."""
+class RunSteps:
+    """The steps a run is made of, each a method (collect, train the world, train the agent in
+    imagination, test, checkpoint, restore, final test), on the parts ``build.build_parts``
+    made. It owns the counters and the checkpoints; a schedule (``OnlineSchedule``,
+    ``worldmodels.staged.StagedSchedule``) only sequences the steps."""
 
     def __init__(
         self,
         cfg: Config,
         run: RunDir,
+        parts: RunParts,
         *,
         agent: torch.nn.Module,
         world: torch.nn.Module | None,
         store: ReplayStore,
-        make_env: Callable[[str, int], Any],
         logger: TBLogger,
         device: torch.device,
         versions: dict[str, Any],
@@ -86,72 +93,33 @@ class OnlineSchedule:
     ) -> None:
         self.cfg = cfg
         self.run_dir = run
+        self.parts = parts
         self.agent = agent
         self.world = world
         self.store = store
-        self.make_env = make_env
         self.logger = logger
         self.device = device
         self.versions = versions
         self.amp = amp
         self.log = log
         self.counters = Counters()
-        self.train_env = make_env("train", cfg.schedule.num_envs)
+        self.make_env = parts.make_env
+        self.train_env = parts.train_env
         self.env_spec = self.train_env.spec()
         self.test_env_spec: dict[str, Any] = {}
         self._real_rates: dict[str, float] | None = None  # of the last real collection
-        self.collector = self._new_collector(derive_seed(cfg.run.seed, "collect", 0))
-        seed = cfg.run.seed
-        self.stage_trainers: dict[str, StageTrainer] = {}
-        self.dream: DreamEnv | None = None
-        self.video_sampler: SegmentSampler | None = None
-        self.graphs = self._graphs_mode(cfg, world, device, log)
-        if world is not None:
-            for name, stage in world.stages().items():
-                self.stage_trainers[name] = StageTrainer(
-                    stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp,
-                    graphs=self.graphs or False,
-                    max_nonfinite_in_a_row=cfg.schedule.max_nonfinite_in_a_row,
-                )  # fmt: skip
-            self.video_sampler = SegmentSampler(
-                store, world.context_len + cfg.schedule.video_horizon,
-                seed=derive_seed(seed, "video"),
-            )  # fmt: skip
-            self.dream = build_dream(
-                cfg, world, agent, store, device=device, amp=amp, graphs=self.graphs
-            )
-
-    @staticmethod
-    def _graphs_mode(
-        cfg: Config, world: Any, device: torch.device, log: Callable[[str], None]
-    ) -> str | None:
-        """``run.cuda_graphs`` for this world: "cuda" or None (with a line saying why not)."""
-        if not graphs_enabled(cfg.run.cuda_graphs, device) or world is None:
-            return None
-        why = capture_refusal(world)
-        if why is None:
-            return "cuda"
-        name = contract.name_of(world)
-        if cfg.run.cuda_graphs == "on":
-            raise UserError(f"run.cuda_graphs=on: world {name!r} cannot be captured ({why})")
-        log(f"CUDA graphs off: world {name!r} cannot be captured ({why})")
-        return None
+        self.collector = parts.collector
+        self.stage_trainers = parts.stage_trainers
+        self.dream = parts.dream
+        self.video_sampler = parts.video_sampler
+        self.graphs = parts.graphs
 
     # ---------------------------------------------------------------- building blocks
 
-    def _new_collector(self, seed: int) -> Collector:
-        return Collector(
-            self.train_env,
-            self.store,
-            epsilon=self.cfg.schedule.collect_epsilon,
-            seed=seed,
-            device=self.device,
-            observer=Observer(self.collect_agent(), self.world, self.device),
-        )
-
     def collect_agent(self) -> torch.nn.Module:
-        """The policy that collects real experience (the agent being trained, here)."""
-        return self.agent
+        """The policy that collects real experience (the agent being trained, unless the
+        schedule collects with another: the staged schedule's random policy)."""
+        return self.parts.collect_agent
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         modules = {"agent": self.agent}
@@ -253,14 +221,6 @@ class OnlineSchedule:
             self.logger.video(f"{tag}/episode", result.video, step)
         self.logger.flush()
         return result
-
-    def _test_due(self) -> bool:
-        every = self.cfg.schedule.test_every
-        return every > 0 and self.counters.epoch % every == 0
-
-    def _video_due(self) -> bool:
-        every = self.cfg.schedule.video_every
-        return every > 0 and self.counters.epoch % every == 0
 
     def train_world(self) -> None:
         """Train every stage of the world for this epoch's number of steps."""
@@ -412,13 +372,10 @@ class OnlineSchedule:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def checkpoint_name(self) -> str:
-        """Names sort in the order checkpoints are written (pruning keeps the newest)."""
-        return f"epoch_{self.counters.epoch:06d}"  # epoch 0: after the initial collection
-
-    def checkpoint(self) -> None:
+    def checkpoint(self, name: str) -> None:
+        """Everything a resume needs, under ``name`` (the schedule's: names sort in the order
+        checkpoints are written, and pruning keeps the newest)."""
         self.counters.replay_episodes = len(self.store)
-        name = self.checkpoint_name()
         collect_agent = self.collect_agent()
         state = {
             "counters": dataclasses.asdict(self.counters),
@@ -448,17 +405,6 @@ class OnlineSchedule:
         )
         self.logger.flush()
 
-    def collection_left(self) -> bool:
-        """Whether the schedule will still collect real experience from where it stands."""
-        s, c = self.cfg.schedule, self.counters
-        if not c.initial_collect_done:
-            return True
-        return (
-            c.epoch < s.epochs
-            and c.env_steps < s.env_steps_budget
-            and s.collect_steps_per_epoch > 0
-        )
-
     def _check_episodes(self, path: Path, meta: dict[str, Any]) -> None:
         """Replay must hold every episode the checkpoint counted, each file unchanged."""
         recorded = meta.get("episodes") or {}
@@ -480,9 +426,10 @@ class OnlineSchedule:
                     "restore it from a backup to resume this run"
                 )
 
-    def restore(self) -> None:
+    def restore(self, collection_left: Callable[[], bool]) -> None:
         """Continue from the newest checkpoint (or from scratch if the run died before the first)
-        exactly as if the run had never stopped.
+        exactly as if the run had never stopped; ``collection_left()`` says whether the schedule
+        will still collect real experience from where the checkpoint stands.
 
         Weights, optimizers, samplers and every RNG come from the checkpoint; the real games are
         brought back to where they stood by replaying their recorded actions from their seed.
@@ -511,19 +458,19 @@ class OnlineSchedule:
         held = self.store.hold_back(self.counters.replay_episodes)
         where = path.name if path is not None else "the start (no checkpoint yet)"
         problem = None
-        if saved_collector is not None and self.collection_left():
+        if saved_collector is not None and collection_left():
             steps = int(saved_collector.get("vector_steps", 0))
             if steps >= 10_000:  # a minute or so of emulation: say what the wait is
                 self.log(f"replaying the {steps:,} steps of the real games since their seed")
             problem = self.collector.restore(saved_collector, self.collect_agent())
-        if problem is not None or (held and not self.collection_left()):
+        if problem is not None or (held and not collection_left()):
             # The games cannot come back to the checkpoint (or will not be played again): keep
             # what replay holds, count its steps, and collect on from a seed of this session's
             # own (it differs with the number of resumes and of episodes in replay).
             later = self.store.release_held()
             self.counters.env_steps += sum(len(e) for e in later)
             seed = derive_seed(self.cfg.run.seed, "collect", self.counters.resumes, len(self.store))
-            self.collector = self._new_collector(seed)
+            self.collector = self.parts.new_collector(seed)
             if problem is not None:
                 self.log(
                     f"warning: the real games could not be brought back to {where} ({problem}); "
@@ -536,39 +483,6 @@ class OnlineSchedule:
             f"steps, {len(self.store)} episodes in replay"
             + (f" ({held} written after it, checked as they are played again)" if held else "")
         )
-
-    # ---------------------------------------------------------------- the schedule
-
-    def run(self) -> dict[str, Any]:
-        s = self.cfg.schedule
-        if not self.counters.initial_collect_done:
-            steps = min(s.initial_collect_steps, s.env_steps_budget) - self.counters.env_steps
-            self.collect(max(0, steps), initial=True)
-            self.ensure_an_episode()
-            self.counters.initial_collect_done = True
-            self.checkpoint()
-        if self.device.type == "cpu" and self.world is not None and self.counters.epoch < s.epochs:
-            self.project_duration()
-        bar = progress(total=s.epochs, desc="epochs", enabled=self.cfg.run.progress, unit="epoch")
-        bar.update(self.counters.epoch)
-        while self.counters.epoch < s.epochs:
-            budget_left = s.env_steps_budget - self.counters.env_steps
-            if budget_left > 0:
-                self.collect(min(s.collect_steps_per_epoch, budget_left))
-            self.train_world()
-            self.train_agent()
-            self.counters.epoch += 1
-            self.logger.scalar("progress/epoch", self.counters.epoch, self.counters.env_steps)
-            if self._video_due():
-                self.log_imagination()
-            last = self.counters.epoch == s.epochs
-            if self._test_due() and not last:
-                self.test(s.test_episodes, video=self._video_due())
-            if last or self.counters.epoch % max(s.checkpoint_every, 1) == 0:
-                self.checkpoint()
-            bar.update(1)
-        bar.close()
-        return self.final_test()
 
     def final_test(self) -> dict[str, Any]:
         """The score of the run: ``eval.episodes`` real test episodes, written to results.json."""
@@ -596,3 +510,74 @@ class OnlineSchedule:
     def close(self) -> None:
         self.train_env.close()
         self.logger.close()
+
+
+class OnlineSchedule:
+    """The online schedule (IRIS, DIAMOND): an initial collection, then epochs of collect ->
+    train each stage -> train the agent in imagination, with real tests, videos and a
+    checkpoint along the way. It only sequences ``steps`` (a ``RunSteps``, or anything with its
+    methods and ``counters``: the tests drive it with a fake)."""
+
+    def __init__(self, steps: RunSteps) -> None:
+        self.steps = steps
+
+    def collection_left(self) -> bool:
+        """Whether the schedule will still collect real experience from where it stands."""
+        s, c = self.steps.cfg.schedule, self.steps.counters
+        if not c.initial_collect_done:
+            return True
+        return (
+            c.epoch < s.epochs
+            and c.env_steps < s.env_steps_budget
+            and s.collect_steps_per_epoch > 0
+        )
+
+    def checkpoint_name(self) -> str:
+        """Names sort in the order checkpoints are written (pruning keeps the newest)."""
+        return f"epoch_{self.steps.counters.epoch:06d}"  # epoch 0: after the initial collection
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.steps.counters.epoch % every == 0
+
+    def restore(self) -> None:
+        self.steps.restore(self.collection_left)
+
+    def run(self) -> dict[str, Any]:
+        st, s = self.steps, self.steps.cfg.schedule
+        c = st.counters
+        if not c.initial_collect_done:
+            st.collect(max(0, min(s.initial_collect_steps, s.env_steps_budget) - c.env_steps),
+                       initial=True)  # fmt: skip
+            st.ensure_an_episode()
+            c.initial_collect_done = True
+            st.checkpoint(self.checkpoint_name())
+        if st.device.type == "cpu" and st.world is not None and c.epoch < s.epochs:
+            st.project_duration()
+        bar = progress(total=s.epochs, desc="epochs", enabled=st.cfg.run.progress, unit="epoch")
+        bar.update(c.epoch)
+        while c.epoch < s.epochs:
+            budget_left = s.env_steps_budget - c.env_steps
+            if budget_left > 0:
+                st.collect(min(s.collect_steps_per_epoch, budget_left))
+            st.train_world()
+            st.train_agent()
+            c.epoch += 1
+            st.logger.scalar("progress/epoch", c.epoch, c.env_steps)
+            video = self._due(s.video_every)
+            if video:
+                st.log_imagination()
+            last = c.epoch == s.epochs
+            if self._due(s.test_every) and not last:
+                st.test(s.test_episodes, video=video)
+            if last or c.epoch % max(s.checkpoint_every, 1) == 0:
+                st.checkpoint(self.checkpoint_name())
+            bar.update(1)
+        bar.close()
+        return st.final_test()
+
+    @property
+    def env_spec(self) -> dict[str, Any]:
+        return self.steps.env_spec
+
+    def close(self) -> None:
+        self.steps.close()

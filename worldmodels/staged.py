@@ -1,4 +1,5 @@
-"""The staged schedule (Ha & Schmidhuber 2018): each phase runs to completion before the next.
+"""The staged schedule (Ha & Schmidhuber 2018): each phase runs to completion before the next;
+and ``make_schedule``, which builds a run's parts and the schedule that sequences them.
 
     collect (random policy) -> train stage 1 -> train stage 2 -> ... -> train the agent in the
     dream -> real test episodes
@@ -11,115 +12,155 @@ the step it had reached. A world trains this way when its class says ``schedule 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from agents.random import RandomAgent
 from worldmodels import contract
+from worldmodels.build import build_parts
 from worldmodels.interfaces import EnvInfo
-from worldmodels.schedule import OnlineSchedule
+from worldmodels.replay import ReplayStore
+from worldmodels.runs import RunDir
+from worldmodels.schedule import OnlineSchedule, RunSteps
 from worldmodels.seeding import derive_seed
-from worldmodels.tb import Rate, progress
+from worldmodels.tb import Rate, TBLogger, progress
 
 
-class StagedSchedule(OnlineSchedule):
-    """Phases in order: ``collect``, each world stage, ``agent``, ``test``."""
+class StagedSchedule:
+    """Phases in order: ``collect``, each world stage, ``agent``, ``test``; it only sequences
+    ``steps`` (a ``RunSteps`` whose collection policy is the random one: ``make_schedule``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._random: RandomAgent | None = None
-        super().__init__(*args, **kwargs)
-        self.phases = ["collect", *self.stage_trainers, "agent", "test"]
-
-    def collect_agent(self) -> torch.nn.Module:
-        """Rollouts of a uniformly random policy, as in the paper."""
-        if self._random is None:
-            info = EnvInfo(self.train_env.num_actions, tuple(self.train_env.obs_shape))
-            seed = derive_seed(self.cfg.run.seed, "random-rollouts")
-            self._random = RandomAgent(RandomAgent.Config(), info, seed=seed)
-        return self._random
+    def __init__(self, steps: RunSteps) -> None:
+        self.steps = steps
+        self.phases = ["collect", *steps.stage_trainers, "agent", "test"]
 
     def collection_left(self) -> bool:
-        return self.counters.phase <= self.phases.index("collect")
+        return self.steps.counters.phase <= self.phases.index("collect")
 
     def checkpoint_name(self) -> str:
-        return f"phase{self.counters.phase:02d}_{self.counters.phase_step:09d}"
+        c = self.steps.counters
+        return f"phase{c.phase:02d}_{c.phase_step:09d}"
+
+    def _checkpoint(self) -> None:
+        self.steps.checkpoint(self.checkpoint_name())
 
     def _chunk(self, total: int, size: int) -> int:
-        return min(max(size, 1), total - self.counters.phase_step)
+        return min(max(size, 1), total - self.steps.counters.phase_step)
+
+    def restore(self) -> None:
+        self.steps.restore(self.collection_left)
+
+    @property
+    def env_spec(self) -> dict[str, Any]:
+        return self.steps.env_spec
+
+    def close(self) -> None:
+        self.steps.close()
 
     # ---------------------------------------------------------------- phases
 
     def _run_collect(self) -> None:
-        total = self.cfg.schedule.initial_collect_steps
-        self.counters.phase_step = min(self.counters.phase_step, total)
-        while self.counters.env_steps < total:
-            steps = min(self.cfg.schedule.staged_chunk, total - self.counters.env_steps)
-            self.collect(steps)
-            self.counters.phase_step = self.counters.env_steps
-            self.checkpoint()
-        self.ensure_an_episode()
-        self.counters.phase_step = self.counters.env_steps
+        st, c = self.steps, self.steps.counters
+        total = st.cfg.schedule.initial_collect_steps
+        c.phase_step = min(c.phase_step, total)
+        while c.env_steps < total:
+            st.collect(min(st.cfg.schedule.staged_chunk, total - c.env_steps))
+            c.phase_step = c.env_steps
+            self._checkpoint()
+        st.ensure_an_episode()
+        c.phase_step = c.env_steps
 
     def _run_stage(self, name: str) -> None:
-        trainer = self.stage_trainers[name]
+        st, c = self.steps, self.steps.counters
+        trainer = st.stage_trainers[name]
         total = trainer.stage.training.steps_per_epoch
-        bar = progress(total=total, desc=name, enabled=self.cfg.run.progress, unit="step")
-        bar.update(self.counters.phase_step)
-        while self.counters.phase_step < total:
-            n = self._chunk(total, self.cfg.schedule.staged_chunk)
+        bar = progress(total=total, desc=name, enabled=st.cfg.run.progress, unit="step")
+        bar.update(c.phase_step)
+        while c.phase_step < total:
+            n = self._chunk(total, st.cfg.schedule.staged_chunk)
             rate = Rate()
             logs = trainer.train(n)
             rate.add(n)
             logs["steps_per_s"] = rate.read()
-            logs["update_to_data"] = trainer.updater.steps / max(self.counters.env_steps, 1)
-            self.counters.phase_step += n
-            self.counters.updates += n
-            self.logger.scalars(logs, self.counters.updates, prefix=f"{name}/")
-            self.checkpoint()
+            logs["update_to_data"] = trainer.updater.steps / max(c.env_steps, 1)
+            c.phase_step += n
+            c.updates += n
+            st.logger.scalars(logs, c.updates, prefix=f"{name}/")
+            self._checkpoint()
             bar.update(n)
         bar.close()
-        self.log_imagination(step=self.counters.updates)
+        st.log_imagination(step=c.updates)
 
     def _run_agent(self) -> None:
-        if self.dream is None:
+        st, c = self.steps, self.steps.counters
+        if st.dream is None:
             return
-        total = self.agent.config.training.steps_per_epoch
-        bar = progress(total=total, desc="agent", enabled=self.cfg.run.progress, unit="update")
-        bar.update(self.counters.phase_step)
-        while self.counters.phase_step < total:
-            n = self._chunk(total, self.cfg.schedule.staged_agent_chunk)
-            mean = self.agent_updates(n)
-            self.counters.phase_step += n
-            self.counters.updates += n
-            self.logger.scalars(mean, self.counters.updates, prefix="agent/")
-            self.log_imagined_vs_real(mean, step=self.counters.updates)
-            self.checkpoint()
+        total = contract.agent_training(st.agent).steps_per_epoch
+        bar = progress(total=total, desc="agent", enabled=st.cfg.run.progress, unit="update")
+        bar.update(c.phase_step)
+        while c.phase_step < total:
+            n = self._chunk(total, st.cfg.schedule.staged_agent_chunk)
+            mean = st.agent_updates(n)
+            c.phase_step += n
+            c.updates += n
+            st.logger.scalars(mean, c.updates, prefix="agent/")
+            st.log_imagined_vs_real(mean, step=c.updates)
+            self._checkpoint()
             bar.update(n)
         bar.close()
-        self.log_imagination(step=self.counters.updates)
+        st.log_imagination(step=c.updates)
 
     def run(self) -> dict[str, Any]:
+        c = self.steps.counters
         for index, phase in enumerate(self.phases):
-            if index < self.counters.phase:
+            if index < c.phase:
                 continue
-            self.counters.phase = index
+            c.phase = index
             if phase == "test":
-                return self.final_test()
+                return self.steps.final_test()
             if phase == "collect":
                 self._run_collect()
             elif phase == "agent":
                 self._run_agent()
             else:
                 self._run_stage(phase)
-            self.counters.phase, self.counters.phase_step = index + 1, 0
-            self.checkpoint()
+            c.phase, c.phase_step = index + 1, 0
+            self._checkpoint()
         raise AssertionError("the staged schedule always ends with its test phase")
 
 
-def schedule_class(cfg: Any, world: Any) -> type[OnlineSchedule]:
-    """The schedule a run uses: ``schedule.kind``, or with ``auto`` the world's own."""
+Schedule = OnlineSchedule | StagedSchedule
+
+
+def make_schedule(
+    cfg: Any, run: RunDir, *, agent: Any, world: Any, store: ReplayStore,
+    make_env: Callable[[str, int], Any], logger: TBLogger, device: torch.device,
+    versions: dict[str, Any], amp: bool = False, log: Callable[[str], None] = print,
+) -> Schedule:  # fmt: skip
+    """The run's schedule, its parts built: ``schedule.kind``, or with ``auto`` the world's own
+    (``contract.schedule_kind``). The staged schedule collects with a uniformly random policy of
+    its own seed, as Ha & Schmidhuber did; the online one with the agent."""
     kind = cfg.schedule.kind
     if kind == "auto":
         kind = contract.schedule_kind(world)
-    return StagedSchedule if kind == "staged" else OnlineSchedule
+    collect_agent = None
+    if kind == "staged":
+        if world is not None:  # its required members say what the game is
+            info = EnvInfo(int(world.num_actions), tuple(world.obs_shape))
+        else:
+            probe = make_env("train", 1)
+            info = EnvInfo(probe.num_actions, tuple(probe.obs_shape))
+            probe.close()
+        seed = derive_seed(cfg.run.seed, "random-rollouts")
+        collect_agent = RandomAgent(RandomAgent.Config(), info, seed=seed)
+    parts = build_parts(
+        cfg, agent=agent, world=world, store=store, make_env=make_env, device=device, amp=amp,
+        log=log, collect_agent=collect_agent,
+    )  # fmt: skip
+    steps = RunSteps(
+        cfg, run, parts, agent=agent, world=world, store=store, logger=logger, device=device,
+        versions=versions, amp=amp, log=log,
+    )  # fmt: skip
+    return StagedSchedule(steps) if kind == "staged" else OnlineSchedule(steps)
