@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.blocks import SmallResBlock, conv3x3
 from worldmodels.nn.pixels import to_float
+from worldmodels.nn.recurrent import reset_rows
 from worldmodels.nn.sampling import categorical_entropy, categorical_log_prob, sample_categorical
 from worldmodels.registry import AGENTS
 from worldmodels.training import StageTraining, Updater
@@ -50,14 +51,6 @@ def lambda_returns(
         nxt = rew[:, t] + gamma * not_end[:, t] * mix
         out[:, t] = nxt
     return out
-
-
-def _sample(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """Categorical samples ``(B,)`` by the Gumbel-max trick with noise from a CPU ``generator``
-    (so the draws are the same on every device and nothing waits for the device)."""
-    u = torch.rand(logits.shape, generator=generator).to(logits.device, non_blocking=True)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
-    return (logits.float() + gumbel).argmax(dim=-1)
 
 
 @AGENTS.register("actor_critic")
@@ -164,8 +157,7 @@ class ActorCritic(nn.Module):
         x = self.encoder(to_float(obs.flatten(0, 1))).reshape(b, t, -1)  # (B, T, D)
         for i in range(t):
             h2, c2 = self.lstm(x[:, i], (h, c))
-            m = mask[:, i, None]
-            h, c = torch.where(m, h2, h), torch.where(m, c2, c)
+            h, c = reset_rows(~mask[:, i], (h2, c2), (h, c))  # padding: the state stays
         return h, c
 
     # ----------------------------------------------------------------------------- acting
@@ -183,10 +175,13 @@ class ActorCritic(nn.Module):
         zero = self.initial_state(b, obs.device)
         if state is None:
             state = zero
-        f = first.to(obs.device).view(b, 1)
-        state = (torch.where(f, zero[0], state[0]), torch.where(f, zero[1], state[1]))
+        state = reset_rows(first, state, zero)
         logits, _, state = self(obs, state)
-        actions = logits.argmax(dim=-1) if greedy else _sample(logits, self.generator)
+        actions = (
+            logits.argmax(dim=-1)
+            if greedy
+            else sample_categorical(logits, generator=self.generator)
+        )
         return actions.long(), state
 
     # ----------------------------------------------------------------------------- training
@@ -257,8 +252,7 @@ class ActorCritic(nn.Module):
                     _, boot, _ = self(last, (state[0].detach(), state[1].detach()))
                 if t < cfg.horizon - 1:
                     boot = (trunc, boot)  # only where truncated; the next value elsewhere
-            d = done.view(b, 1)
-            state = (torch.where(d, spare[0], state[0]), torch.where(d, spare[1], state[1]))
+            state = reset_rows(done, state, spare)  # restarted rows: the burnt-in state
             logps.append(categorical_log_prob(logits, action))
             entropies.append(categorical_entropy(logits))
             values.append(value)

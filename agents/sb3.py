@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from envs.sb3_vec import DreamVecEnv
 from worldmodels.errors import UserError, choices
 from worldmodels.interfaces import EnvInfo
+from worldmodels.nn.sampling import epsilon_greedy, sample_categorical
 from worldmodels.registry import AGENTS
 from worldmodels.training import StageTraining, mean_logs
 
@@ -123,14 +124,6 @@ class _Capture(KVWriter):
 
     def close(self) -> None:
         pass
-
-
-def _gumbel_sample(logits: Tensor, generator: torch.Generator) -> Tensor:
-    """Categorical samples ``(B,)`` by the Gumbel-max trick with noise from a CPU ``generator``
-    (the same draws on every device, and nothing waits for the device)."""
-    u = torch.rand(logits.shape, generator=generator).to(logits.device, non_blocking=True)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
-    return (logits.float() + gumbel).argmax(dim=-1)
 
 
 class SB3Agent(nn.Module):
@@ -228,7 +221,11 @@ class SB3Agent(nn.Module):
         policy.set_training_mode(False)
         if hasattr(policy, "get_distribution"):  # actor-critic: PPO, A2C
             logits = policy.get_distribution(x).distribution.logits  # (B, A)
-            actions = logits.argmax(-1) if greedy else _gumbel_sample(logits, self.generator)
+            actions = (
+                logits.argmax(-1)
+                if greedy
+                else sample_categorical(logits, generator=self.generator)
+            )
         else:  # value-based: DQN and its kin
             actions = policy._predict(x, deterministic=True).reshape(-1)
             if not greedy:
@@ -240,11 +237,7 @@ class SB3Agent(nn.Module):
         model = self.model
         schedule = getattr(model, "exploration_schedule", None)
         eps = schedule(model._current_progress_remaining) if schedule is not None else 0.0
-        b = actions.shape[0]
-        explore = torch.rand(b, generator=self.generator) < eps
-        uniform = torch.randint(self.num_actions, (b,), generator=self.generator)
-        dev = actions.device
-        return torch.where(explore.to(dev), uniform.to(dev), actions)
+        return epsilon_greedy(actions, eps, self.num_actions, self.generator)
 
     # ----------------------------------------------------------------------------- training
 

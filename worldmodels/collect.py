@@ -10,20 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldmodels.nn.sampling import epsilon_greedy
 from worldmodels.observe import Observer
 from worldmodels.replay import EpisodeBuilder, ReplayStore
 from worldmodels.tb import progress
-
-
-def _epsilon_greedy(
-    actions: torch.Tensor, epsilon: float, num_actions: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Replace each action by a uniform one with probability ``epsilon`` (draws always happen, so
-    the generator advances the same way whatever epsilon is)."""
-    n = actions.shape[0]
-    coin = torch.rand(n, generator=generator) < epsilon
-    uniform = torch.randint(num_actions, (n,), generator=generator)
-    return torch.where(coin, uniform, actions)
 
 
 @dataclass
@@ -164,7 +154,7 @@ class Collector:
                 actions, self._agent_state = agent.act(
                     seen, self._agent_state, self._first.to(self.device)
                 )
-            actions = _epsilon_greedy(
+            actions = epsilon_greedy(
                 actions.to("cpu", torch.int64), self.epsilon, self.env.num_actions, self.generator
             )
             self.observer.record(actions)
@@ -419,7 +409,7 @@ def play_test_episodes(
         with torch.inference_mode():
             seen = observer(obs, first)
             actions, state = agent.act(seen, state, first.to(device), greedy=greedy)
-        actions = _epsilon_greedy(
+        actions = epsilon_greedy(
             actions.to("cpu", torch.int64), epsilon, env.num_actions, generator
         )
         observer.record(actions)

@@ -21,6 +21,7 @@ from worldmodels.dynamics.diffusion.unet import Denoiser, DenoiserNetConfig
 from worldmodels.heads.reward_end import RewardEndConfig, RewardEndModel
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.nn.pixels import to_float, to_uint8
+from worldmodels.nn.recurrent import reset_rows
 from worldmodels.registry import WORLDS
 from worldmodels.training import Stage, StageTraining
 
@@ -182,6 +183,5 @@ class DiffusionWorld(nn.Module):
             _, _, (h2, c2) = self.reward_end(
                 state["prev"][:, None], prev_action[:, None], x[:, None], (state["h"], state["c"])
             )
-            f = first.view(-1, 1)
-            h, c = torch.where(f, h, h2), torch.where(f, c, c2)
+            h, c = reset_rows(first, (h2, c2), (h, c))
         return {"prev": x, "h": h, "c": c}, h

@@ -20,6 +20,7 @@ from worldmodels.dynamics.mdn_rnn import MDNRNN, MDNRNNConfig
 from worldmodels.encoders.vae import ConvVAE, ConvVAEConfig
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.nn.pixels import to_uint8
+from worldmodels.nn.recurrent import reset_rows
 from worldmodels.registry import WORLDS
 from worldmodels.token_cache import TokenCache
 from worldmodels.training import Stage, StageTraining
@@ -132,8 +133,8 @@ class VAEWorld(nn.Module):
         h, c = self.mdn.initial_state(b, obs.device)
         for i in range(t - 1):
             _, (h2, c2) = self.mdn(z[:, i : i + 1], act[:, i : i + 1], (h, c))
-            keep = mask[:, i, None]  # padding before the episode leaves the state at zero
-            h, c = torch.where(keep, h2, h), torch.where(keep, c2, c)
+            # padding before the episode leaves the state at zero
+            h, c = reset_rows(~mask[:, i], (h2, c2), (h, c))
         return {"z": z[:, -1], "h": h, "c": c}, obs[:, -1]
 
     def imagine_step(
@@ -176,7 +177,6 @@ class VAEWorld(nn.Module):
             _, (h, c) = self.mdn(
                 state["z"][:, None], prev_action[:, None], (state["h"], state["c"])
             )
-            f = first.view(b, 1)
-            h, c = torch.where(f, zero_h, h), torch.where(f, zero_c, c)
+            h, c = reset_rows(first, (h, c), (zero_h, zero_c))
         new = {"z": self.vae.encode(obs), "h": h, "c": c}
         return new, self.features(new)
