@@ -288,10 +288,10 @@ def main(argv=None) -> int:
 
 def evaluate_main(args, stack: contextlib.ExitStack) -> int:
     """Real test episodes of a run's checkpoint, or of a named agent, -> results.json."""
+    from worldmodels.agent_input import AgentInput
     from worldmodels.build import build_world_and_agent, env_factory, env_info_of
     from worldmodels.checkpoint import latest_checkpoint, load_checkpoint
     from worldmodels.collect import play_test_episodes
-    from worldmodels.observe import Observer
     from worldmodels.results import keep_previous, results_record, summary_line, write_results
     from worldmodels.runs import RunDir, versions
     from worldmodels.seeding import derive_seed
@@ -390,7 +390,7 @@ def evaluate_main(args, stack: contextlib.ExitStack) -> int:
             episodes,
             seed=derive_seed(cfg.run.seed, "evaluate"),
             device=device,
-            observer=Observer(agent, world, device),
+            observer=AgentInput(agent, world, device),
             epsilon=cfg.eval.epsilon,
             greedy=cfg.eval.greedy,
             video_max_frames=cfg.eval.video_max_frames if cfg.eval.video else 0,

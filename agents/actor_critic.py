@@ -88,7 +88,6 @@ class ActorCritic(nn.Module):
         """Optimizer and schedule (DIAMOND: AdamW 1e-4, no weight decay, clip 100)."""
 
     observes: ClassVar[Literal["pixels", "features"]] = "pixels"
-    trainable: ClassVar[bool] = True
 
     def __init__(self, config: Config, env_info: EnvInfo, *, seed: int = 0) -> None:
         super().__init__()

@@ -191,7 +191,6 @@ class CMAESAgent(nn.Module):
             return self.population * self.rollouts_per_candidate
 
     observes: ClassVar[Literal["pixels", "features"]] = "features"
-    trainable: ClassVar[bool] = True
 
     def __init__(self, config: Config, env_info: EnvInfo, *, seed: int = 0) -> None:
         super().__init__()
@@ -260,7 +259,7 @@ class CMAESAgent(nn.Module):
     # ----------------------------------------------------------------------------- training
 
     def train_in_imagination(self, dream: Any) -> dict[str, float]:
-        """One ES generation in ``dream`` (a ``DreamEnv`` with ``observe="features"``,
+        """One ES generation in ``dream`` (a ``DreamEnv`` with ``observes="features"``,
         ``num_envs = population * rollouts_per_candidate``, ``horizon = config.horizon``)."""
         return self.generation(lambda candidates: self.fitness_dream(candidates, dream))
 
@@ -335,7 +334,7 @@ class CMAESAgent(nn.Module):
 
         ``env`` follows ``envs/atari.py``: ``num_envs``, ``reset(seed=) -> (obs, info)``,
         ``step(actions) -> (obs, reward, terminated, truncated, info)`` with same-step auto-reset.
-        ``observe`` turns its observations into features: a ``worldmodels.observe.Observer(agent,
+        ``observe`` turns its observations into features: a ``worldmodels.agent_input.AgentInput(agent,
         world, device)`` or an object with the same three members, ``reset(num_envs)``,
         ``observe(obs, first) -> (B, D)`` and ``record(actions)``. The ``N * E`` episodes are dealt out to the
         env's rows in order: a row that finishes an episode starts the next unplayed one, and

@@ -21,7 +21,6 @@ class RandomAgent(nn.Module):
         """The random agent has no settings."""
 
     observes: ClassVar[Literal["pixels", "features"]] = "pixels"
-    trainable: ClassVar[bool] = False  # nothing to train in imagination
     uses_observations: ClassVar[bool] = False  # act() reads only the batch size and device
 
     def __init__(self, config: Config, env_info: EnvInfo, *, seed: int = 0) -> None:

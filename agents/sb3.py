@@ -49,7 +49,7 @@ only, so not for Atari), e.g. QR-DQN from sb3-contrib::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -155,7 +155,6 @@ class SB3Agent(nn.Module):
         recency_weights; the optimizer is SB3's, set through ``kwargs`` (learning_rate, ...)."""
 
     observes: Literal["pixels", "features"] = "pixels"  # each instance: its Config.observes
-    trainable: ClassVar[bool] = True
 
     def __init__(self, config: Config, env_info: EnvInfo, *, seed: int = 0) -> None:
         super().__init__()
@@ -251,8 +250,8 @@ class SB3Agent(nn.Module):
                 f"the dream has {dream.num_envs} rows but the SB3 model was built for "
                 f"num_envs={model.n_envs}"
             )
-        if dream.observe != self.observes:
-            raise ValueError(f"the dream observes {dream.observe}, the agent {self.observes}")
+        if dream.observes != self.observes:
+            raise ValueError(f"the dream observes {dream.observes}, the agent {self.observes}")
         self._follow_policy_device()
         # VecMonitor adds info["episode"] on done rows: SB3's rollout/ep_rew_mean, ep_len_mean.
         model.set_env(VecMonitor(DreamVecEnv(dream)), force_reset=True)  # reset: fresh contexts

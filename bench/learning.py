@@ -265,10 +265,10 @@ def main(argv=None) -> int:
     )  # fmt: skip
     device = setup_process(cfg.run)
     amp = use_amp(cfg.run, device)
+    from worldmodels.agent_input import AgentInput
     from worldmodels.aggregate import difference_ci
     from worldmodels.build import env_factory
     from worldmodels.collect import play_test_episodes
-    from worldmodels.observe import Observer
     from worldmodels.seeding import derive_seed
     from worldmodels.tb import TBLogger
 
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
                 # the games the random policy played in phase 1's final test
                 seed=derive_seed(cfg.run.seed, "test", cfg.schedule.epochs), device=device,
                 epsilon=cfg.eval.epsilon, greedy=cfg.eval.greedy,
-                observer=Observer(agent, world, device),
+                observer=AgentInput(agent, world, device),
             )  # fmt: skip
         finally:
             env.close()

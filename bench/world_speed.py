@@ -113,7 +113,7 @@ def fullgraph_check(world, store, agent, device, amp, horizon, b) -> tuple[bool,
         with torch._dynamo.config.patch(allow_rnn=True):
             dream = DreamEnv(
                 world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
-                observe=agent.observes, capture=capture,
+                observes=agent.observes, capture=capture,
             )  # fmt: skip
             actions = torch.zeros(b, dtype=torch.long, device=device)
             for _ in range(3):
@@ -172,7 +172,7 @@ def measure(
     spares = cfg.schedule.dream_spares
     dream = DreamEnv(
         world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
-        observe=agent.observes, spares=spares, graphs=graphs,
+        observes=agent.observes, spares=spares, graphs=graphs,
     )  # fmt: skip
     actions = torch.zeros(b, dtype=torch.long, device=device)
     world.eval()
@@ -192,7 +192,7 @@ def measure(
 
     if first:
         fdream = DreamEnv(world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
-                          observe=agent.observes, spares=spares)  # fmt: skip
+                          observes=agent.observes, spares=spares)  # fmt: skip
         fdream.reset()
         with autocast(device, amp):
             out["imagination_flops_per_step"] = flops_of(lambda: fdream.step(actions))
@@ -218,7 +218,7 @@ def measure(
         m = agent.config.num_envs
         adream = DreamEnv(
             world, store, num_envs=m, horizon=horizon, device=device, amp=amp,
-            observe=agent.observes, spares=spares, graphs=graphs,
+            observes=agent.observes, spares=spares, graphs=graphs,
         )  # fmt: skip
         if first:
             twin, tdream = copy.deepcopy((agent, adream))

@@ -25,7 +25,7 @@ their spares' rows), so the entries of the state a world returns must be its own
 (On CPU, without ``capture``, the row swap is skipped when no row finished: reading that on the
 host is free there.)
 
-Agents that observe features (``observe="features"``) get ``world.features(state)`` ``(B, D)``
+Agents that observe features (``observes="features"``) get ``world.features(state)`` ``(B, D)``
 instead of frames, in ``obs`` and in ``final_obs``. Pixel agents see context frames through
 ``world.agent_view`` when the world defines one (IRIS: tokenizer reconstructions).
 
@@ -157,7 +157,7 @@ class DreamEnv:
         seed: int = 0,
         recency_weights: tuple[float, ...] | None = None,
         amp: bool = False,
-        observe: str = "pixels",
+        observes: str = "pixels",
         spares: str = "fresh",
         graphs: str | None = None,
         capture: Callable[[Callable[..., Any], str], Callable[..., Any]] | None = None,
@@ -191,11 +191,11 @@ class DreamEnv:
         self.obs_shape = tuple(world.obs_shape)
         self.context_len = world.context_len
         self.amp = amp  # bf16 autocast around the world's calls
-        if observe not in ("pixels", "features"):
-            raise ValueError(f"observe must be 'pixels' or 'features', got {observe!r}")
+        if observes not in ("pixels", "features"):
+            raise ValueError(f"observes must be 'pixels' or 'features', got {observes!r}")
         contract.require_world(world)
-        self._features = contract.features_fn(world) if observe == "features" else None
-        self.observe = observe
+        self._features = contract.features_fn(world) if observes == "features" else None
+        self.observes = observes
         self.view = contract.agent_view(world)  # what pixel agents see of real frames
         self.sampler = SegmentSampler(
             store, world.context_len, pad_left=world.context_len - 1, end_before_final=True,
@@ -261,7 +261,7 @@ class DreamEnv:
             "next_context_mask": spare_ctx["mask"],
         }
         raw = {"context_obs": first["obs"], "next_context_obs": spare_ctx["obs"]}
-        if self.view is not None and self.observe == "pixels":
+        if self.view is not None and self.observes == "pixels":
             firsts = {"context_obs": obs[:b], "next_context_obs": self._spare_obs}
             views = {k: (v, firsts[k]) for k, v in raw.items()}
             return obs[:b].clone(), _ContextInfo(self._view, views, **info)
@@ -282,7 +282,7 @@ class DreamEnv:
         with torch.no_grad():
             with autocast(self.device, self.amp):
                 state, obs, reward, end = self.world.imagine_step(
-                    state, action, render=self.observe == "pixels"
+                    state, action, render=self.observes == "pixels"
                 )
                 obs = self._observed(state, obs)
             t = t + 1

@@ -69,7 +69,7 @@ def to_host(tensors: Sequence[Tensor]) -> list[np.ndarray]:
 
 def observation_space_of(dream: DreamEnv) -> spaces.Box:
     """uint8 ``Box(0, 255, (C, H, W))`` frames, or float32 ``Box(-inf, inf, (D,))`` features."""
-    if dream.observe == "features":
+    if dream.observes == "features":
         dim = contract.feature_dim(dream.world)
         if dim is None:
             raise ValueError(
@@ -151,7 +151,7 @@ class DreamVecEnv(VecEnv):
 
     def _as_observed(self, obs: Tensor) -> Tensor:
         """Frames stay uint8; features become float32 (a bf16 world under autocast)."""
-        return obs.float() if self.dream.observe == "features" else obs
+        return obs.float() if self.dream.observes == "features" else obs
 
     def close(self) -> None:
         """Nothing to release: the dream belongs to the caller."""

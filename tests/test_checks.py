@@ -245,7 +245,7 @@ def test_pairs_that_cannot_work_say_why():
     why = contract.incompatibility(cmaes, BanditWorld(obs_shape=ENV.obs_shape))
     assert why == (
         "agent 'cmaes' (CMAESAgent) observes features, which world 'bandit' (BanditWorld) does "
-        "not expose (no features or observe)"
+        "not expose (no features or real_features)"
     )
     assert contract.incompatibility(cmaes, LatentWorld(SMALL, ENV)) is None
     assert contract.incompatibility(RandomAgent(RandomAgent.Config(), ENV), None) is None

@@ -26,7 +26,7 @@ def _dream(agent, world, horizon=None):
     store = random_store(num_episodes=4, length=12, obs_shape=world.obs_shape, num_actions=A)
     return DreamEnv(
         world, store, num_envs=agent.config.num_envs, horizon=horizon or agent.config.horizon,
-        device="cpu", observe="features",
+        device="cpu", observes="features",
     )  # fmt: skip
 
 
@@ -183,7 +183,7 @@ def test_fitness_in_a_real_vector_env():
     agent, world = _agent()
     env = LinearFeatureVecEnv(world, num_envs=5, episode_len=8)  # 5 rows for 3 x 4 episodes
 
-    class Observe:  # the worldmodels.observe.Observer interface
+    class Observe:  # the worldmodels.agent_input.AgentInput interface
         def __init__(self):
             self.resets, self.recorded = [], 0
 

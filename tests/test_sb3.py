@@ -50,7 +50,7 @@ def feature_dream(num_envs=4, horizon=3, seed=0):
     world = SeededLinearFeatureWorld(end_prob=0.2)
     store = random_store(num_episodes=4, length=12, obs_shape=world.obs_shape, seed=seed)
     return DreamEnv(world, store, num_envs=num_envs, horizon=horizon, device="cpu", seed=seed,
-                    observe="features")  # fmt: skip
+                    observes="features")  # fmt: skip
 
 
 DREAMS = {"pixels": bandit_dream, "features": feature_dream}

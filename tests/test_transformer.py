@@ -11,7 +11,6 @@ from worldmodels.dynamics.transformer import (
 )
 from worldmodels.metrics import EVENT_COUNT_KEYS
 from worldmodels.nn.transformer import GPT, GPTConfig
-from worldmodels.registry import DYNAMICS
 from worldmodels.training import logs_to_floats
 
 K, VOCAB, ACTIONS, FRAMES = 4, 16, 3, 3  # frames of 4 tokens + 1 action, windows of 3 frames
@@ -106,7 +105,7 @@ def test_gpt_padding_tokens_are_invisible():
 
 
 def test_default_config_has_iris_parameter_count():
-    model = DYNAMICS.get("transformer")(TransformerDynamicsConfig(), num_actions=4)
+    model = TransformerDynamics(TransformerDynamicsConfig(), num_actions=4)
     n = sum(p.numel() for p in model.parameters())
     print(f"IRIS world model, 4 actions: {n:,} parameters")
     assert abs(n - 8.4e6) / 8.4e6 < 0.05

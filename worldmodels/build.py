@@ -99,7 +99,7 @@ def build_dream(
     return DreamEnv(
         world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
         device=device, seed=derive_seed(cfg.run.seed, "dream"),
-        recency_weights=training.recency_weights, amp=amp, observe=agent.observes,
+        recency_weights=training.recency_weights, amp=amp, observes=agent.observes,
         spares=cfg.schedule.dream_spares, graphs=graphs,
     )  # fmt: skip
 
@@ -150,8 +150,8 @@ def build_parts(
     ``DreamEnv``, the video sampler, the CUDA-graph mode. A world whose stage names collide with
     the schedule's phases or TensorBoard sections is refused in one line
     (``contract.check_stage_names``)."""
+    from worldmodels.agent_input import AgentInput
     from worldmodels.collect import Collector
-    from worldmodels.observe import Observer
     from worldmodels.replay import SegmentSampler
     from worldmodels.training import StageTrainer
 
@@ -177,7 +177,7 @@ def build_parts(
     def new_collector(env_seed: int) -> Collector:
         return Collector(
             train_env, store, epsilon=s.collect_epsilon, seed=env_seed, device=device,
-            observer=Observer(collect_agent, world, device),
+            observer=AgentInput(collect_agent, world, device),
         )  # fmt: skip
 
     return RunParts(

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from worldmodels.agent_input import AgentInput
 from worldmodels.nn.sampling import epsilon_greedy
-from worldmodels.observe import Observer
 from worldmodels.replay import EpisodeBuilder, ReplayStore
 from worldmodels.tb import progress
 
@@ -93,7 +93,7 @@ class Collector:
         epsilon: float,
         seed: int,
         device: torch.device | str = "cpu",
-        observer: Observer | None = None,
+        observer: AgentInput | None = None,
     ) -> None:
         self.env = env
         self.store = store
@@ -125,7 +125,7 @@ class Collector:
 
     def _ensure_observer(self, agent: Any) -> None:
         if self.observer is None:
-            self.observer = Observer(agent, None, self.device)
+            self.observer = AgentInput(agent, None, self.device)
 
     def collect(
         self,
@@ -376,7 +376,7 @@ def play_test_episodes(
     greedy: bool = False,
     video_max_frames: int = 0,
     show_progress: bool = False,
-    observer: Observer | None = None,
+    observer: AgentInput | None = None,
 ) -> TestResult:
     """Play ``episodes`` complete test episodes on ``env`` (a test-mode vector env).
 
@@ -398,7 +398,7 @@ def play_test_episodes(
     obs, _ = env.reset(seed=seed)
     state = agent.initial_state(n, device)
     first = torch.ones(n, dtype=torch.bool)
-    observer = observer or Observer(agent, None, device)
+    observer = observer or AgentInput(agent, None, device)
     observer.reset(n)
     frames = [obs[0].numpy()] if video_max_frames > 0 else []
     recording = video_max_frames > 0

@@ -483,11 +483,11 @@ def _check_frames_and_features(
     if probs is not None:
         _check_reward_end_probs(fail, world, probs, env_info, device, seed)
     dim = contract.feature_dim(world)
-    observe = contract.observe_fn(world)
+    observe = contract.real_features_fn(world)
     if dim is None:
         if observe is not None:
             raise fail(
-                "has observe() but no features(state) and feature_dim: feature agents need both"
+                "has real_features() but no features(state) and feature_dim: feature agents need both"
             )
         return
     layout = f"(B, D) = {(BATCH, dim)}"
@@ -508,16 +508,18 @@ def _check_frames_and_features(
     prev = torch.zeros(BATCH, dtype=torch.long, device=device)
     first = torch.ones(BATCH, dtype=torch.bool, device=device)
     for i in range(2):
-        with torch.no_grad(), _phase(fail, "observe(state, obs, prev_action, first)"):
+        with torch.no_grad(), _phase(fail, "real_features(state, obs, prev_action, first)"):
             out = observe(
                 state, _frames(BATCH, tuple(env_info.obs_shape), device, seed + i), prev, first
             )
         if not isinstance(out, tuple) or len(out) != 2:
-            raise fail("observe(state, obs, prev_action, first) must return (state, features)")
+            raise fail(
+                "real_features(state, obs, prev_action, first) must return (state, features)"
+            )
         state, feats = out
         _tensor(
             fail,
-            "observe(...) returned features",
+            "real_features(...) returned features",
             feats,
             "float",
             (BATCH, dim),
@@ -552,11 +554,11 @@ def _check_reward_end_probs(
 
 
 def _dream_run(world: Any, store: ReplayStore, device: torch.device, seed: int, *,
-               observe: str = "pixels", graphs: str | None = None, capture: Any = None,
+               observes: str = "pixels", graphs: str | None = None, capture: Any = None,
                read_done_on_host: bool | None = None) -> list[Tensor]:  # fmt: skip
     _seed(world, seed)
     dream = DreamEnv(
-        world, store, num_envs=BATCH, horizon=3, device=device, seed=seed, observe=observe,
+        world, store, num_envs=BATCH, horizon=3, device=device, seed=seed, observes=observes,
         graphs=graphs, capture=capture,
     )  # fmt: skip
     if read_done_on_host is not None:
@@ -603,11 +605,11 @@ def _check_dream(
         started = torch.where(term | trunc, t + 1, started)
     dim = contract.feature_dim(world)
     if dim is not None:
-        with _phase(fail, "DreamEnv(observe='features')"):
-            out = _dream_run(world, store, device, seed, observe="features")
+        with _phase(fail, "DreamEnv(observes='features')"):
+            out = _dream_run(world, store, device, seed, observes="features")
         _tensor(
             fail,
-            "DreamEnv(observe='features') gave features",
+            "DreamEnv(observes='features') gave features",
             out[0],
             "float",
             (BATCH, dim),
@@ -836,7 +838,7 @@ def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, obse
     )  # fmt: skip
     weights = training.recency_weights if training is not None else None
     dream = DreamEnv(world, store, num_envs=num_envs, horizon=horizon, device=device, seed=seed,
-                     observe=observes, recency_weights=weights)  # fmt: skip
+                     observes=observes, recency_weights=weights)  # fmt: skip
     before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, Tensor)}
     # Up to 3 updates: in a world of sparse rewards one round may see none, and learn nothing.
     for _ in range(3 if training is not None else 1):

@@ -10,7 +10,7 @@ asks for it through the accessor below that bears its name, never by probing the
 world capability              accessor (what the framework does with it)
 ============================  ==========================================================
 ``features``, ``feature_dim``  ``feature_dim(world)``: feature agents in imagination
-``observe``                   ``observe_fn(world)``: feature agents in the real game
+``observe``                   ``real_features_fn(world)``: feature agents in the real game
 ``agent_view``                ``agent_view(world)``: what pixel agents see of real frames
 ``reconstruct``               ``reconstruct(world)``: the reconstruction videos
 ``hot_modules``               ``hot_modules(component)``: ``run.compile`` (agents too)
@@ -71,7 +71,7 @@ AGENT_REQUIRED: dict[str, str] = {
     "train_in_imagination": "train_in_imagination(dream) -> {name: float}",
 }
 DREAM_MEMBERS: tuple[str, ...] = (
-    "num_envs", "horizon", "device", "amp", "graphs", "observe", "num_actions", "obs_shape",
+    "num_envs", "horizon", "device", "amp", "graphs", "observes", "num_actions", "obs_shape",
     "context_len", "reset", "step", "contexts",
 )  # fmt: skip
 OBSERVES = ("pixels", "features")
@@ -157,9 +157,9 @@ def require_world(world: Any) -> None:
     """Every member in ``WORLD_REQUIRED``, and the optional ones declared consistently."""
     _missing("world", world, WORLD_REQUIRED)
     _takes_keyword(world, "imagine_step", "render")
-    if observe_fn(world) is not None and feature_dim(world) is None:
+    if real_features_fn(world) is not None and feature_dim(world) is None:
         raise ContractError(
-            f"{describe('world', world)} has `observe` but no `features(state)` and "
+            f"{describe('world', world)} has `real_features` but no `features(state)` and "
             "`feature_dim`: feature agents need all three"
         )
     refresh(world)
@@ -244,7 +244,7 @@ def feature_dim(world: Any) -> int | None:
 
 
 def exposes_features(world: Any) -> bool:
-    """Whether ``world.features`` exists (what ``DreamEnv(observe="features")`` needs)."""
+    """Whether ``world.features`` exists (what ``DreamEnv(observes="features")`` needs)."""
     if isinstance(world, type):
         return _method(world, "features") is not None
     return feature_dim(world) is not None
@@ -257,10 +257,10 @@ def features_fn(world: Any) -> Callable[[dict], Any]:
     return world.features
 
 
-def observe_fn(world: Any) -> Callable[..., Any] | None:
-    """``world.observe(state, obs, prev_action, first) -> (state, features (B, D))``: features of
+def real_features_fn(world: Any) -> Callable[..., Any] | None:
+    """``world.real_features(state, obs, prev_action, first) -> (state, features (B, D))``: features of
     real frames, for feature agents in the real game (None if the world has none)."""
-    return _method(world, "observe")
+    return _method(world, "real_features")
 
 
 def agent_view(world: Any) -> Callable[[Any], Any] | None:
@@ -468,7 +468,10 @@ def incompatibility(agent: Any, world: Any) -> str | None:
         return f"{who} observes world features: it needs a world"
     lacks = [
         what
-        for what, has in (("features", exposes_features(world)), ("observe", observe_fn(world)))
+        for what, has in (
+            ("features", exposes_features(world)),
+            ("real_features", real_features_fn(world)),
+        )
         if not has
     ]
     if lacks:

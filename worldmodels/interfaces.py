@@ -1,4 +1,4 @@
-"""The contracts between stages: what an encoder, a dynamics model, a world and an agent promise.
+"""The contracts between stages: what a world (encoder + dynamics + reward/end) and an agent promise.
 
 Shape vocabulary (used in every docstring of the project): ``B`` batch, ``T`` time, ``C, H, W``
 image, ``K`` tokens per frame, ``D`` features. Pixels travel as ``uint8`` in ``[0, 255]``,
@@ -87,40 +87,6 @@ class Agent(Protocol):
 
     def train_in_imagination(self, dream: Any) -> dict[str, float]:
         """One round of updates inside a ``DreamEnv``; returns scalars to log."""
-        ...
-
-
-@runtime_checkable
-class Encoder(Protocol):
-    """Stage 1: observations -> latents, and back."""
-
-    latent_kind: ClassVar[Literal["pixels", "continuous", "tokens"]]
-
-    def encode(self, obs: Tensor) -> Tensor:
-        """``(B, C, H, W)`` uint8 -> latent (shape depends on the latent kind)."""
-        ...
-
-    def decode(self, z: Tensor) -> Tensor:
-        """Latent -> ``(B, C, H, W)`` float in ``[-1, 1]``."""
-        ...
-
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
-
-
-@runtime_checkable
-class Dynamics(Protocol):
-    """Stage 2: predicts the next latent, the reward and the end of the episode."""
-
-    accepts: ClassVar[frozenset[str]]  # latent kinds it can model
-
-    def loss(self, batch: Batch, encoder: Encoder) -> tuple[Tensor, dict[str, float]]: ...
-
-    def start(self, ctx: Batch) -> Any:
-        """Burn in on real context frames; returns the imagination state."""
-        ...
-
-    def step(self, state: Any, action: Tensor) -> tuple[Any, Tensor, Tensor, Tensor]:
-        """``(state, action (B,))`` -> ``(state, next latent, reward (B,), end (B,))``."""
         ...
 
 

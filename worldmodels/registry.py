@@ -87,8 +87,6 @@ class Registry(Generic[T]):
         return name in self._classes
 
 
-ENCODERS: Registry = Registry("encoder", "worldmodels.encoders", ["worldmodels.encoders"])
-DYNAMICS: Registry = Registry("dynamics model", "worldmodels.dynamics", ["worldmodels.dynamics"])
 WORLDS: Registry = Registry("world", "worldmodels.worlds", ["worldmodels.worlds"])
 AGENTS: Registry = Registry("agent", "worldmodels.agents", ["agents"])
 

@@ -23,13 +23,13 @@ import torch
 
 from envs.dream import imagine_step
 from worldmodels import contract
+from worldmodels.agent_input import AgentInput
 from worldmodels.build import RunParts
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worldmodels.collect import CollectStats, TestResult, play_test_episodes
 from worldmodels.compare import clip_scores
 from worldmodels.config import Config, to_dict
 from worldmodels.errors import UserError
-from worldmodels.observe import Observer
 from worldmodels.replay import ReplayStore
 from worldmodels.results import keep_previous, results_record, summary_line, write_results
 from worldmodels.runs import RunDir
@@ -199,7 +199,7 @@ class RunSteps:
                 greedy=e.greedy,
                 video_max_frames=e.video_max_frames if (video and e.video) else 0,
                 show_progress=self.cfg.run.progress,
-                observer=Observer(self.agent, self.world, self.device),
+                observer=AgentInput(self.agent, self.world, self.device),
             )
         finally:
             env.close()

@@ -1,1 +1,2 @@
-"""Stage 2 dynamics models, one module each; ``DYNAMICS`` imports them all."""
+"""Stage 2 dynamics models, one module each: building blocks that a world composes (the
+transformer in ``iris``, the MDN-RNN in ``vae``); the world is the unit a run chooses and swaps."""

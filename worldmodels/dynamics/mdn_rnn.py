@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,6 @@ from torch import Tensor, nn
 
 from worldmodels.metrics import event_counts
 from worldmodels.nn.sampling import sample_categorical
-from worldmodels.registry import DYNAMICS
 
 State = tuple[Tensor, Tensor]  # (h, c), each (B, hidden)
 
@@ -97,12 +95,10 @@ def sample_mixture(log_pi: Tensor, mu: Tensor, log_sigma: Tensor, temperature: f
     return mean + math.sqrt(temperature) * sigma * torch.randn_like(mean)
 
 
-@DYNAMICS.register("mdn_rnn")
 class MDNRNN(nn.Module):
     """LSTM + mixture density head over the next latent, with reward-sign and end heads."""
 
     Config = MDNRNNConfig
-    accepts: ClassVar[frozenset[str]] = frozenset({"continuous"})
 
     def __init__(self, config: MDNRNNConfig, num_actions: int) -> None:
         super().__init__()

@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +89,6 @@ from worldmodels.heads.reward_end import NUM_END_CLASSES, NUM_REWARD_CLASSES
 from worldmodels.metrics import event_counts
 from worldmodels.nn.sampling import sample_categorical
 from worldmodels.nn.transformer import GPT, GPTConfig, KVCache, init_weights
-from worldmodels.registry import DYNAMICS
 
 ImagState = dict[str, Tensor | int]
 """Imagination state: batch-first tensors of fixed shapes (rows can be swapped with
@@ -155,12 +153,10 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x, 0).sum() / mask.sum().clamp(min=1)
 
 
-@DYNAMICS.register("transformer")
 class TransformerDynamics(nn.Module):
     """Token world model over ``(B, T, K)`` observation tokens and ``(B, T)`` actions."""
 
     Config = TransformerDynamicsConfig
-    accepts: ClassVar[frozenset[str]] = frozenset({"tokens"})
 
     def __init__(self, config: TransformerDynamicsConfig, num_actions: int) -> None:
         super().__init__()

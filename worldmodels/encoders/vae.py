@@ -13,14 +13,13 @@ project's ``[-1, 1]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodels.interfaces import Batch, EnvInfo
-from worldmodels.registry import ENCODERS
 
 _ENC_KERNEL = 4  # every encoder conv: kernel 4, stride 2, no padding (64 -> 31 -> 14 -> 6 -> 2)
 _DEC_KERNELS = (5, 5, 6, 6)  # decoder transposed convs, stride 2: 1 -> 5 -> 13 -> 30 -> 64
@@ -85,12 +84,10 @@ def free_bits_kl(kl: Tensor, weight: Tensor, free_bits: float) -> tuple[Tensor, 
     return per_dim.clamp(min=free_bits).sum(), per_dim
 
 
-@ENCODERS.register("vae")
 class ConvVAE(nn.Module):
     """Frames ``(B, C, H, W)`` uint8 <-> continuous latents ``(B, z_dim)``."""
 
     Config = ConvVAEConfig
-    latent_kind: ClassVar[Literal["pixels", "continuous", "tokens"]] = "continuous"
 
     def __init__(self, config: ConvVAEConfig, env_info: EnvInfo) -> None:
         super().__init__()

@@ -28,7 +28,6 @@ from worldmodels.nn.blocks import (
 )
 from worldmodels.nn.pixels import to_float
 from worldmodels.nn.vgg import VGG16Features, load_vgg16_features, perceptual_distance
-from worldmodels.registry import ENCODERS
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,6 @@ class _Decoder(nn.Sequential):
         super().__init__(*layers)
 
 
-@ENCODERS.register("vqvae")
 class VQVAE(nn.Module):
     """Frames ``(B, C, H, W)`` uint8 <-> tokens ``(B, K)`` int64, ``K = (H / 2^(levels - 1))^2``.
 
@@ -203,8 +201,6 @@ class VQVAE(nn.Module):
     """
 
     Config: ClassVar[type[VQVAEConfig]] = VQVAEConfig
-    latent_kind: ClassVar[Literal["tokens"]] = "tokens"
-    registry_name: ClassVar[str]
 
     def __init__(self, config: VQVAEConfig, env_info: EnvInfo) -> None:
         super().__init__()
@@ -279,12 +275,6 @@ class VQVAE(nn.Module):
         h, w = self.token_grid
         z_q = self.codebook(tokens).reshape(-1, h, w, self.config.embed_dim)  # (B, h, w, D)
         return self._reconstruct(z_q.permute(0, 3, 1, 2)).clamp(-1.0, 1.0)
-
-    def encode_decode(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """Frames ``(B, C, H, W)`` uint8 -> (reconstruction ``(B, C, H, W)`` float in ``[-1, 1]``,
-        tokens ``(B, K)`` int64)."""
-        tokens = self.encode(obs)
-        return self.decode(tokens), tokens
 
     # -- training ------------------------------------------------------------------------------
 

@@ -172,7 +172,7 @@ class DiffusionWorld(nn.Module):
         that predicts reward and end (what feature agents such as ``cmaes`` read)."""
         return state["h"]
 
-    def observe(
+    def real_features(
         self, state: dict | None, obs: Tensor, prev_action: Tensor, first: Tensor
     ) -> tuple[dict, Tensor]:
         """The same features from real frames: the LSTM consumes ``(previous frame, previous

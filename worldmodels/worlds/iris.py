@@ -5,7 +5,7 @@ blocks of 16 observation tokens + 1 action token that predicts the next frame's 
 reward sign and the episode end. Imagination samples whole frames token by token for all
 trajectories at once, keeps rewards and ends on the device, and decodes frames only for agents
 that look at pixels. World-model training reads tokens from a cache keyed by replay frame and
-tokenizer version (``worldmodels/token_cache.py``) instead of re-encoding every batch.
+tokenizer version (``worldmodels/frame_cache.py``) instead of re-encoding every batch.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from worldmodels.dynamics.transformer import TransformerDynamics, TransformerDynamicsConfig
 from worldmodels.encoders.vqvae import VQVAE, VQVAEConfig
+from worldmodels.frame_cache import FrameCache
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.nn.pixels import to_uint8
 from worldmodels.registry import WORLDS
-from worldmodels.token_cache import TokenCache
 from worldmodels.training import Stage, StageTraining
 
 CPU_CHUNK_FRAMES = 16
@@ -123,7 +123,7 @@ class IrisWorld(nn.Module):
             config.dynamics, tokens_per_frame=k, vocab_size=self.tokenizer.vocab_size
         )
         self.dynamics = TransformerDynamics(dyn, env_info.num_actions)
-        self.tokens = TokenCache(k)
+        self.tokens = FrameCache(k)
         self.tokenizer_version = 0
         self.feature_dim = dyn.gpt.embed_dim
 
@@ -246,7 +246,7 @@ class IrisWorld(nn.Module):
         """``(B, D)``: the mean embedding of the current frame's tokens (no decoding needed)."""
         return self._token_features(state["tokens"][:, -1])
 
-    def observe(
+    def real_features(
         self, state: dict | None, obs: Tensor, prev_action: Tensor, first: Tensor
     ) -> tuple[dict, Tensor]:
         """The same features from a real frame (its tokens' mean embedding)."""

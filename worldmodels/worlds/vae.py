@@ -18,11 +18,11 @@ from torch import Tensor, nn
 
 from worldmodels.dynamics.mdn_rnn import MDNRNN, MDNRNNConfig
 from worldmodels.encoders.vae import ConvVAE, ConvVAEConfig
+from worldmodels.frame_cache import FrameCache
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.nn.pixels import to_uint8
 from worldmodels.nn.recurrent import reset_rows
 from worldmodels.registry import WORLDS
-from worldmodels.token_cache import TokenCache
 from worldmodels.training import Stage, StageTraining
 
 
@@ -79,7 +79,7 @@ class VAEWorld(nn.Module):
         self.z_dim = config.vae.z_dim
         self.feature_dim = config.vae.z_dim + config.mdn.hidden
         # Latent means of replay frames, valid while the VAE is unchanged ("encode the dataset").
-        self.latents = TokenCache(self.z_dim, dtype=torch.float32)
+        self.latents = FrameCache(self.z_dim, dtype=torch.float32)
         self.vae_version = 0
 
     def _bump_vae_version(self) -> None:
@@ -164,7 +164,7 @@ class VAEWorld(nn.Module):
 
     # ---------------------------------------------------------------- the real env
 
-    def observe(
+    def real_features(
         self, state: dict | None, obs: Tensor, prev_action: Tensor, first: Tensor
     ) -> tuple[dict, Tensor]:
         """Features of real frames, the same as in a dream: ``h_t`` is the LSTM state after

@@ -136,7 +136,7 @@ class LatentWorld(nn.Module):
         """What feature agents see in imagination: ``z (B, D)``."""
         return state["z"].float()
 
-    def observe(
+    def real_features(
         self, state: dict | None, obs: Tensor, prev_action: Tensor, first: Tensor
     ) -> tuple[dict, Tensor]:
         """The same features of real frames ``(B, C, H, W)`` uint8 (no memory to carry)."""

@@ -5,8 +5,8 @@ import torch
 from agents.actor_critic import ActorCritic
 from agents.random import RandomAgent
 from envs.testing import BanditWorld
+from worldmodels.agent_input import AgentInput
 from worldmodels.interfaces import EnvInfo
-from worldmodels.observe import Observer
 
 ENV = EnvInfo(num_actions=4, obs_shape=(3, 16, 16))
 
@@ -27,10 +27,10 @@ def test_an_agent_that_ignores_its_input_costs_no_world_pass():
     world = ViewedWorld()
     obs = torch.randint(0, 256, (2, *ENV.obs_shape), dtype=torch.uint8)
     first = torch.ones(2, dtype=torch.bool)
-    observer = Observer(RandomAgent(RandomAgent.Config(), ENV), world, "cpu")
+    observer = AgentInput(RandomAgent(RandomAgent.Config(), ENV), world, "cpu")
     observer.reset(2)
     assert torch.equal(observer(obs, first), obs) and world.views == 0
     agent = ActorCritic(ActorCritic.Config(channels=(4,), lstm_dim=8), ENV)
-    observer = Observer(agent, world, "cpu")
+    observer = AgentInput(agent, world, "cpu")
     observer.reset(2)
     assert torch.equal(observer(obs, first), 255 - obs) and world.views == 1

@@ -1,4 +1,5 @@
-"""Tokens of replay frames, cached so that a world model over tokens need not re-encode its batch.
+"""Per-frame encodings of replay frames (IRIS's tokens, the VAE world's latents), cached so that
+a world model over encodings need not re-encode its batch.
 
 IRIS's published training re-encodes every frame of every world-model batch with the (frozen for
 that step) tokenizer: about 70% of a world-model step. Here the tokens of each replay frame are
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 
-class TokenCache:
+class FrameCache:
     """``frame id -> (K values, encoder version)`` with lazy re-encoding of stale frames."""
 
     def __init__(

@@ -2,7 +2,7 @@
 
 import torch
 
-from worldmodels.token_cache import TokenCache
+from worldmodels.frame_cache import FrameCache
 
 
 class CountingEncoder:
@@ -21,7 +21,7 @@ def test_cache_hits_invalidation_and_padding():
     obs = torch.randint(0, 200, (2, 3, 1, 1, 2), dtype=torch.uint8)
     ids = torch.tensor([[5, 6, 7], [-1, 0, 1]])
     enc = CountingEncoder()
-    cache = TokenCache(2)
+    cache = FrameCache(2)
     first = cache.lookup(ids, obs, enc, version=0)
     assert enc.frames == 5 and torch.equal(first[1, 0], torch.zeros(2, dtype=torch.long))
     assert torch.equal(first[0, 1], obs[0, 1, 0, 0, :2].long())

@@ -2,7 +2,7 @@
 
 An agent declares ``observes = "pixels"`` or ``"features"``. Pixel agents get the real frames,
 passed through ``world.agent_view`` when the world defines one (IRIS's actor-critic sees the
-tokenizer's reconstructions, as published). Feature agents get ``world.observe(...)``: the same
+tokenizer's reconstructions, as published). Feature agents get ``world.real_features(...)``: the same
 features (``world.features``) the world gives them in imagination, computed from real frames (the
 VAE world: ``[z_t, h_t]``, the encoded frame and the MDN-RNN state after the previous action).
 An agent that declares ``uses_observations = False`` (the random agent) gets the raw frames: no
@@ -32,7 +32,7 @@ def check_observable(agent: Any, world: Any) -> None:
         raise UserError(why)
 
 
-class Observer:
+class AgentInput:
     """Turns real frames into the agent's input, keeping whatever state the world needs."""
 
     def __init__(self, agent: Any, world: Any, device: torch.device | str) -> None:
@@ -41,7 +41,7 @@ class Observer:
         self.features = used and contract.observes(agent) == "features"
         self.world = world
         self.view = contract.agent_view(world) if used else None
-        self._observe = contract.observe_fn(world) if self.features else None
+        self._observe = contract.real_features_fn(world) if self.features else None
         self.device = torch.device(device)
         self._state: Any = None
         self._prev_action: Tensor | None = None
