@@ -14,16 +14,7 @@ import torch
 import yaml
 from cli_inproc import call
 
-TINY = [
-    "--env", "Breakout", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=60",
-    "--set", "schedule.initial_collect_max_steps=60",
-    "--set", "schedule.collect_steps_per_epoch=40",
-    "--set", "schedule.epochs=2",
-    "--set", "schedule.test_every=0",
-    "--set", "eval.episodes=1",
-    "--set", "run.progress=false",
-]  # fmt: skip
+TINY = ["--env", "Breakout", "--preset", "test"]  # fmt: skip
 
 PLUGINS = {  # module name -> source of a plugin that goes wrong while being imported
     "wm_bad_raises": "raise RuntimeError('boom at import')\n",

@@ -14,16 +14,7 @@ import pytest
 from tb_read import tags
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=60",
-    "--set", "schedule.initial_collect_max_steps=60",
-    "--set", "schedule.collect_steps_per_epoch=40",
-    "--set", "schedule.epochs=2",
-    "--set", "schedule.test_every=1",
-    "--set", "eval.episodes=2",
-    "--set", "run.progress=false",
-]  # fmt: skip
+TINY = ["--preset", "test", "--set", "schedule.test_every=1", "--set", "eval.episodes=2"]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 

@@ -293,33 +293,12 @@ def test_compare_refuses_short_or_padded_segments():
 # ---------------------------------------------------------------------------- end to end
 
 TINY = [
-    "--preset", "smoke",
+    "--preset", "test",
     "--set", "schedule.initial_collect_steps=80",
     "--set", "schedule.initial_collect_max_steps=80",
-    "--set", "schedule.collect_steps_per_epoch=20",
     "--set", "schedule.epochs=1",
-    "--set", "schedule.test_every=0",
-    "--set", "schedule.video_every=0",
-    "--set", "eval.episodes=1",
-    "--set", "eval.video=false",
-    "--set", "agent.training.first_epoch_steps=1",
-    "--set", "agent.training.steps_per_epoch=1",
-    "--set", "agent.num_envs=2",
-    "--set", "agent.horizon=3",
-    "--set", "run.progress=false",
 ]  # fmt: skip
-WORLDS = {
-    "diff": ["--world", "diffusion",
-             "--set", "world.denoiser_training.first_epoch_steps=2",
-             "--set", "world.denoiser_training.batch_size=2",
-             "--set", "world.reward_end_training.first_epoch_steps=2",
-             "--set", "world.reward_end_training.batch_size=2"],
-    "iris": ["--world", "iris",
-             "--set", "world.tokenizer_training.steps_per_epoch=2",
-             "--set", "world.tokenizer_training.batch_size=4",
-             "--set", "world.transformer_training.steps_per_epoch=2",
-             "--set", "world.transformer_training.batch_size=2"],
-}  # fmt: skip
+WORLDS = {"diff": ["--world", "diffusion"], "iris": ["--world", "iris"]}
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_override_values_are_typed():
         ({"agent": "nope"}, "unknown agent 'nope' (valid: "),
         (
             {"preset": "huge"},
-            "unknown preset 'huge' (valid: atari100k, learn-cpu, learn-gpu, paper, smoke",
+            "unknown preset 'huge' (valid: atari100k, learn-cpu, learn-gpu, paper, smoke, test",
         ),
         ({"protocol": "x"}, "unknown env protocol 'x' (valid: atari100k, machado)"),
         ({"overrides": ["schedule.epochz=3"]}, "unknown config key 'schedule.epochz' (valid: "),

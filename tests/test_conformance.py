@@ -24,22 +24,9 @@ ENV = EnvInfo(
     feature_dim=8,  # for agents that observe a world's features
 )
 
+
 # Sizes below the smoke preset's for agents whose smoke size is slow here (optional: an agent
 # not listed runs at its smoke-preset size, or at its Config defaults).
-SMALL_AGENT = {
-    "actor_critic": ["agent.num_envs=2", "agent.horizon=2"],
-    "cmaes": ["agent.population=2", "agent.rollouts_per_candidate=1", "agent.horizon=2"],
-    **{
-        name: ["agent.num_envs=2", "agent.horizon=2", "agent.steps_per_update=8", kwargs]
-        for name, kwargs in (
-            ("sb3_ppo", "agent.kwargs={n_steps: 4, batch_size: 8}"),
-            ("sb3_a2c", "agent.kwargs={n_steps: 4}"),
-            ("sb3_dqn", "agent.kwargs={learning_starts: 0, buffer_size: 100}"),
-        )
-    },
-}
-
-
 @pytest.mark.parametrize("registry", [AGENTS, WORLDS], ids=lambda r: r.kind)
 def test_every_component_has_a_frozen_config_and_a_name(registry):
     for name in registry.names():
@@ -52,8 +39,8 @@ def test_every_component_has_a_frozen_config_and_a_name(registry):
 def _resolve(world=None, agent=None):
     from worldmodels import config as C
 
-    overrides = SMALL_AGENT.get(agent, []) if agent else []
-    return C.resolve(env="Breakout", world=world, agent=agent, preset="smoke", overrides=overrides)
+    # the test preset sizes every registered world and agent for the suite
+    return C.resolve(env="Breakout", world=world, agent=agent, preset="test")
 
 
 @pytest.mark.parametrize("name", AGENTS.names())

@@ -24,15 +24,12 @@ EXAMPLE = ROOT / "examples" / "reinforce_agent"
 WORLD_EXAMPLE = ROOT / "examples" / "latent_world"
 IGNORED = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
 TINY = [
-    "--env", "Breakout", "--world", "vae", "--agent", "reinforce_linear", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=60",
+    "--env", "Breakout", "--world", "vae", "--agent", "reinforce_linear", "--preset", "test",
     "--set", "world.vae_training.steps_per_epoch=4",
     "--set", "world.mdn_training.steps_per_epoch=4",
     "--set", "agent.training.steps_per_epoch=3",
     "--set", "agent.num_envs=4",
     "--set", "agent.horizon=5",
-    "--set", "eval.episodes=1",
-    "--set", "run.progress=false",
 ]  # fmt: skip
 
 
@@ -76,14 +73,11 @@ def test_every_registered_agent_trains_in_the_example_world(agent_name):
 
 
 WORLD_TINY = [
-    "--env", "Breakout", "--world", "latent", "--agent", "reinforce_linear", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=60",
+    "--env", "Breakout", "--world", "latent", "--agent", "reinforce_linear", "--preset", "test",
     "--set", "world.training.steps_per_epoch=4",
     "--set", "agent.training.steps_per_epoch=3",
     "--set", "agent.num_envs=4",
     "--set", "agent.horizon=5",
-    "--set", "eval.episodes=1",
-    "--set", "run.progress=false",
 ]  # fmt: skip
 
 

@@ -11,23 +11,9 @@ from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_t
 pytestmark = pytest.mark.slow
 
 TINY_IRIS = [
-    "--world", "iris", "--preset", "smoke",
-    "--set", "schedule.collect_steps_per_epoch=40",
+    "--world", "iris", "--preset", "test",
     "--set", "schedule.epochs=10",
-    "--set", "schedule.test_every=0",
     "--set", "schedule.video_every=5",
-    "--set", "schedule.video_horizon=3",
-    "--set", "eval.episodes=1",
-    "--set", "eval.video_max_frames=20",
-    "--set", "world.tokenizer_training.steps_per_epoch=2",
-    "--set", "world.tokenizer_training.batch_size=4",
-    "--set", "world.transformer_training.steps_per_epoch=2",
-    "--set", "world.transformer_training.batch_size=2",
-    "--set", "agent.training.first_epoch_steps=1",
-    "--set", "agent.training.steps_per_epoch=1",
-    "--set", "agent.num_envs=2",
-    "--set", "agent.horizon=3",
-    "--set", "run.progress=false",
 ]  # fmt: skip
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny
 import torch
 
 from agents.random import RandomAgent
@@ -126,15 +125,9 @@ def test_held_back_episodes_are_reused_when_met_again_and_moved_aside_when_not(t
 # --------------------------------------------------------------------------- the real CLI
 
 TINY_WORLD = [
-    "--env", "Breakout", "--world", "diffusion", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=80",
-    "--set", "schedule.initial_collect_max_steps=80",
-    "--set", "schedule.collect_steps_per_epoch=20",
+    "--env", "Breakout", "--world", "diffusion", "--preset", "test",
     "--set", "schedule.epochs=9",
     "--set", "schedule.checkpoint_every=3",
-    "--set", "schedule.test_every=0",
-    "--set", "schedule.video_every=0",
-    *tiny.DIFFUSION,
 ]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -11,20 +11,9 @@ from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_t
 pytestmark = pytest.mark.slow
 
 TINY_VAE = [
-    "--world", "vae", "--preset", "smoke",
+    "--world", "vae", "--preset", "test",
     "--set", "schedule.initial_collect_steps=120",
-    "--set", "schedule.staged_chunk=20",
-    "--set", "eval.episodes=1",
-    "--set", "eval.video_max_frames=20",
     "--set", "world.vae_training.steps_per_epoch=40",
-    "--set", "world.vae_training.batch_size=4",
-    "--set", "world.mdn_training.steps_per_epoch=20",
-    "--set", "world.mdn_training.batch_size=4",
-    "--set", "agent.population=4",
-    "--set", "agent.rollouts_per_candidate=2",
-    "--set", "agent.horizon=10",
-    "--set", "agent.training.steps_per_epoch=2",
-    "--set", "run.progress=false",
 ]  # fmt: skip
 
 

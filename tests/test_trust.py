@@ -23,35 +23,9 @@ from tb_read import tags
 from worldmodels import fileio
 from worldmodels.runs import RunDir
 
-TINY = [
-    "--env", "Breakout", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=60",
-    "--set", "schedule.initial_collect_max_steps=60",
-    "--set", "schedule.collect_steps_per_epoch=40",
-    "--set", "schedule.epochs=3",
-    "--set", "schedule.test_every=0",
-    "--set", "eval.episodes=1",
-    "--set", "run.progress=false",
-]  # fmt: skip
+TINY = ["--env", "Breakout", "--preset", "test", "--set", "schedule.epochs=3"]  # fmt: skip
 
-TINY_WORLD = [
-    "--env", "Breakout", "--world", "diffusion", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=40",
-    "--set", "schedule.initial_collect_max_steps=40",
-    "--set", "schedule.collect_steps_per_epoch=20",
-    "--set", "schedule.test_every=0",
-    "--set", "schedule.video_every=0",
-    "--set", "eval.episodes=1",
-    "--set", "world.denoiser_training.batch_size=2",
-    "--set", "world.reward_end_training.first_epoch_steps=1",
-    "--set", "world.reward_end_training.steps_per_epoch=1",
-    "--set", "world.reward_end_training.batch_size=2",
-    "--set", "agent.training.first_epoch_steps=1",
-    "--set", "agent.training.steps_per_epoch=1",
-    "--set", "agent.num_envs=2",
-    "--set", "agent.horizon=3",
-    "--set", "run.progress=false",
-]  # fmt: skip
+TINY_WORLD = ["--env", "Breakout", "--world", "diffusion", "--preset", "test"]  # fmt: skip
 
 
 def one_line(rc: int, err: str) -> str:

@@ -4,7 +4,6 @@ and SIGKILL + ``--resume`` continuing every counter and optimizer."""
 import json
 
 import pytest
-import tiny
 import torch
 from tb_read import tags
 from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_train
@@ -12,15 +11,9 @@ from test_cli import episode_digests, kill_when, latest_checkpoint, run, start_t
 pytestmark = pytest.mark.slow
 
 TINY_WORLD = [
-    "--world", "diffusion", "--preset", "smoke",
-    "--set", "schedule.initial_collect_steps=80",
-    "--set", "schedule.initial_collect_max_steps=80",
-    "--set", "schedule.collect_steps_per_epoch=20",
-    "--set", "schedule.epochs=2",
+    "--world", "diffusion", "--preset", "test",
     "--set", "schedule.test_every=1",
     "--set", "schedule.video_every=1",
-    "--set", "schedule.video_horizon=3",
-    *tiny.DIFFUSION,
 ]  # fmt: skip
 
 
