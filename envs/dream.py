@@ -139,7 +139,7 @@ class _ContextInfo(dict):
     def __contains__(self, key: object) -> bool:
         return dict.__contains__(self, key) or key in self._raw
 
-    def keys(self):  # type: ignore[override]
+    def keys(self):
         return list(dict.keys(self)) + [k for k in self._raw if not dict.__contains__(self, k)]
 
 

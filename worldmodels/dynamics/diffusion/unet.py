@@ -138,6 +138,7 @@ class DenoiserNet(nn.Module):
         self.conv_out = conv3x3(cfg.channels[0], cfg.img_channels)
         # Zero output: a fresh denoiser returns c_skip * noisy, the best guess without data.
         nn.init.zeros_(self.conv_out.weight)
+        assert self.conv_out.bias is not None  # conv3x3 has a bias
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, noisy: Tensor, c_noise: Tensor, context: Tensor, actions: Tensor) -> Tensor:
