@@ -330,6 +330,7 @@ class DreamEnv:
         truncated (B,) bool, info`` with ``info["final_obs"]``; finished rows restart at once."""
         if self._state is None:
             raise RuntimeError("call reset() before step()")
+        assert self._t is not None  # reset() sets it with the state
         action = action.to(self.device, torch.long)
         state = self._state
         if self._refresh_due is not None and self._refresh_due(state, self._steps):
