@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 BIN          = $(VENV)/bin
 STAMP        = $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean-runs
+.PHONY: install demo test lint typecheck format bench clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## mypy over the library packages (worldmodels, agents, envs; settings in pyproject.toml).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format .

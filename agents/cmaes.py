@@ -191,6 +191,7 @@ class CMAESAgent(nn.Module):
             return self.population * self.rollouts_per_candidate
 
     observes: ClassVar[Literal["pixels", "features"]] = "features"
+    params: Tensor  # buffer (num_params,), the ES mean
 
     def __init__(self, config: Config, env_info: EnvInfo, *, seed: int = 0) -> None:
         super().__init__()

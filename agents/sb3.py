@@ -174,14 +174,14 @@ class SB3Agent(nn.Module):
                 raise UserError("agent.policy=CnnPolicy needs frames: use MlpPolicy for features")
             if env_info.feature_dim is None:
                 raise UserError("agent.observes=features needs a world that exposes features")
-            obs_space = spaces.Box(-np.inf, np.inf, (env_info.feature_dim,), np.float32)
+            obs_space: spaces.Box = spaces.Box(-np.inf, np.inf, (env_info.feature_dim,), np.float32)
         else:
             obs_space = spaces.Box(0, 255, tuple(env_info.obs_shape), np.uint8)
         kwargs = {**DEFAULT_KWARGS.get(config.algorithm, {}), **config.kwargs}
         try:
             # SB3's load() path: no env, spaces set by hand, then _setup_model(). seed=None keeps
             # SB3 from seeding the global RNGs; the weights come from the agent's own seed.
-            model = ALGORITHMS[config.algorithm](
+            model = ALGORITHMS[config.algorithm](  # type: ignore[call-arg]  # SB3 algorithms take _init_setup_model; BaseAlgorithm lacks it
                 config.policy, None, device="cpu", seed=None, verbose=0,
                 _init_setup_model=False, **kwargs,
             )  # fmt: skip
@@ -213,7 +213,7 @@ class SB3Agent(nn.Module):
     ) -> tuple[Tensor, None]:
         """uint8 ``(B, C, H, W)`` frames (or float ``(B, D)`` features) -> actions ``(B,) int64``
         on ``obs.device``, from the policy's torch forward on the whole batch."""
-        policy = self.policy
+        policy: Any = self.policy  # an SB3 policy: which kind decides the calls below
         x = obs.to(policy.device)
         if self.observes == "features":
             x = x.float()

@@ -139,6 +139,7 @@ class _VectorBackend:
     """
 
     name = "vector"
+    _env: _AleVectorEnv | None  # None once closed
 
     def __init__(self, rom: str, config: AtariConfig, num_envs: int, num_threads: int):
         self.num_envs = num_envs
@@ -168,6 +169,7 @@ class _VectorBackend:
         self.action_set = tuple(self._env.ale.get_action_set())
 
     def reset(self, seed: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert self._env is not None  # AtariVecEnv steps open backends only
         obs, info = self._env.reset(seed=seed)
         return (
             _hwc_to_chw(obs),
@@ -176,6 +178,7 @@ class _VectorBackend:
         )
 
     def step(self, actions: np.ndarray) -> _Step:
+        assert self._env is not None  # AtariVecEnv steps open backends only
         obs, reward, game_over, truncated, info = self._env.step(actions)
         obs = _hwc_to_chw(obs)
         ended = game_over | truncated
@@ -392,6 +395,8 @@ class AtariVecEnv:
     goes on); ``mode="test"`` plays whole games. Build it with ``make_atari_env``.
     """
 
+    _impl: _VectorBackend | _PythonBackend | None  # None once closed
+
     def __init__(
         self, config: AtariConfig, num_envs: int, mode: Mode = "train", *, num_threads: int = 0
     ):
@@ -406,9 +411,7 @@ class AtariVecEnv:
         self.game, self.rom = resolve_game(config.game)
         self.backend = _pick_backend(config, self.num_envs)
         if self.backend == "vector":
-            self._impl: _VectorBackend | _PythonBackend = _VectorBackend(
-                self.rom, config, self.num_envs, num_threads
-            )
+            self._impl = _VectorBackend(self.rom, config, self.num_envs, num_threads)
         else:
             self._impl = _PythonBackend(self.rom, config, self.num_envs)
         self.num_threads = self._impl.num_threads
@@ -532,8 +535,9 @@ class AtariVecEnv:
         }
 
     def close(self) -> None:
-        if getattr(self, "_impl", None) is not None:
-            self._impl.close()
+        impl = getattr(self, "_impl", None)  # None once closed; absent if __init__ raised
+        if impl is not None:
+            impl.close()
             self._impl = None
 
     def __enter__(self) -> AtariVecEnv:

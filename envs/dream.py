@@ -139,7 +139,7 @@ class _ContextInfo(dict):
     def __contains__(self, key: object) -> bool:
         return dict.__contains__(self, key) or key in self._raw
 
-    def keys(self):  # type: ignore[override]
+    def keys(self):
         return list(dict.keys(self)) + [k for k in self._raw if not dict.__contains__(self, k)]
 
 
@@ -330,6 +330,7 @@ class DreamEnv:
         truncated (B,) bool, info`` with ``info["final_obs"]``; finished rows restart at once."""
         if self._state is None:
             raise RuntimeError("call reset() before step()")
+        assert self._t is not None  # reset() sets it with the state
         action = action.to(self.device, torch.long)
         state = self._state
         if self._refresh_due is not None and self._refresh_due(state, self._steps):

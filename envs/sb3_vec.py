@@ -59,7 +59,8 @@ def to_host(tensors: Sequence[Tensor]) -> list[np.ndarray]:
     """
     flat = [t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors]
     host = torch.cat(flat).cpu().numpy()  # the only device -> host copy
-    out, offset = [], 0
+    out: list[np.ndarray] = []
+    offset = 0
     for t, f in zip(tensors, flat, strict=True):
         n = f.numel()
         out.append(host[offset : offset + n].view(_NUMPY_DTYPES[t.dtype]).reshape(t.shape))
@@ -130,16 +131,16 @@ class DreamVecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("call step_async() before step_wait()")
-        obs, reward, terminated, truncated, info = self.dream.step(self._actions)
+        obs_t, reward_t, terminated_t, truncated_t, info = self.dream.step(self._actions)
         self._actions = None
         # One device -> host copy for everything SB3 needs (module docstring).
         reward, obs, final, terminated, truncated = to_host(
             [
-                reward.float(),
-                self._as_observed(obs),
+                reward_t.float(),
+                self._as_observed(obs_t),
                 self._as_observed(info["final_obs"]),
-                terminated.bool(),
-                truncated.bool(),
+                terminated_t.bool(),
+                truncated_t.bool(),
             ]
         )
         dones = terminated | truncated

@@ -84,6 +84,7 @@ class LinearFeatureWorld(nn.Module):
     ignores the context it gets."""
 
     registry_name = "linear_features"
+    target: Tensor  # buffer (A, D), the hidden optimum W*
 
     def __init__(
         self,

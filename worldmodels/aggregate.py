@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -180,10 +180,11 @@ def published_hns(method: str, games: Iterable[str] | None = None) -> dict[str, 
     (default: every game it has scores for; games it lacks are left out)."""
     ref = reference_scores()
     names = ref if games is None else [g for g in games if g in ref]
-    out = {}
+    out: dict[str, list[float]] = {}
     for game in names:
         if method in ref[game]:
-            out[game] = [human_normalized(game, s) for s in ref[game][method]]
+            # not None: a game in the reference table has its human and random scores
+            out[game] = [cast(float, human_normalized(game, s)) for s in ref[game][method]]
     return out
 
 
@@ -311,19 +312,21 @@ def build_table(
                 warnings.append(f"{method} {game}: seed repeated among {len(recs)} runs {seeds}")
             means = [float(r["mean"]) for r in recs]
             run_hns = [human_normalized(game, m) for m in means]
+            # one game: all None (no reference scores) or none
+            known = None if run_hns[0] is None else cast("list[float]", run_hns)
             rows[game] = {
                 "runs": len(recs),
                 "seeds": seeds,
                 "mean_return": float(np.mean(means)),
                 "run_means": means,
-                "hns": None if run_hns[0] is None else float(np.mean(run_hns)),
+                "hns": None if known is None else float(np.mean(known)),
                 "run_hns": run_hns,
                 "files": [r["_path"] for r in recs],
             }
-            if run_hns[0] is None:
+            if known is None:
                 warnings.append(f"{game}: no reference scores, left out of the HNS aggregates")
             else:
-                hns[game] = run_hns
+                hns[game] = known
         all_games |= hns.keys()
         methods[method] = {
             "games": rows,

@@ -17,7 +17,7 @@ from worldmodels.registry import AGENTS, WORLDS, load_plugins
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (argparse prints the whole usage block by default)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 

@@ -121,6 +121,7 @@ class Collector:
         self._vector_steps = 0
         self._first_episode = len(self.store)
         self._ensure_observer(agent)
+        assert self.observer is not None  # _ensure_observer made one
         self.observer.reset(n)
 
     def _ensure_observer(self, agent: Any) -> None:
@@ -141,6 +142,7 @@ class Collector:
         ``min_nonzero_rewards`` non-zero rewards were seen, keep going up to ``max_steps``."""
         if self._obs is None:
             self._start(agent)
+        assert self.observer is not None and self._obs is not None and self._first is not None
         n = self.env.num_envs
         limit = max(steps, max_steps or 0) if min_nonzero_rewards else steps
         stats = CollectStats()
@@ -173,21 +175,21 @@ class Collector:
             stats.nonzero_rewards += int(np.count_nonzero(rew_np))
             stats.reward_sum += float(rew_np.sum())
             stats.ends += int(terminated.sum())
-            for i in np.flatnonzero(done.numpy()):
-                life_loss = bool(info["life_loss"][i])
-                episode = self._builders[i].finish(
-                    end=bool(terminated[i]),
-                    trunc=bool(truncated[i]),
-                    info={"env": int(i), "life_loss": life_loss, "mode": "train"},
+            for j in np.flatnonzero(done.numpy()):
+                life_loss = bool(info["life_loss"][j])
+                episode = self._builders[j].finish(
+                    end=bool(terminated[j]),
+                    trunc=bool(truncated[j]),
+                    info={"env": int(j), "life_loss": life_loss, "mode": "train"},
                 )
                 self.store.add(episode)
                 stats.episodes += 1
                 stats.episode_returns.append(episode.ret)
                 stats.episode_lengths.append(len(episode))
                 if not life_loss:  # the game itself ended (game over or the frame cap)
-                    stats.game_returns.append(float(self._game_returns[i]))
-                    self._game_returns[i] = 0.0
-                self._builders[i] = EpisodeBuilder(next_obs[i].numpy(), info={"env": int(i)})
+                    stats.game_returns.append(float(self._game_returns[j]))
+                    self._game_returns[j] = 0.0
+                self._builders[j] = EpisodeBuilder(next_obs[j].numpy(), info={"env": int(j)})
             self._obs = next_obs
             self._first = done
             stats.steps += n
@@ -208,6 +210,7 @@ class Collector:
         state: dict[str, Any] = {"generator": self.generator.get_state(), "seed": self.seed}
         if self._obs is None:
             return {**state, "started": False}
+        assert self._first is not None  # set with _obs
         obs_state, prev_action = self.observer.state() if self.observer else (None, None)
         restorable = _plain(self._agent_state) and _plain(obs_state)
         return {
@@ -252,6 +255,7 @@ class Collector:
         self._game_returns[:] = state["game_returns"]
         self._agent_state = _moved(state["agent_state"], self.device)
         self._ensure_observer(agent)
+        assert self.observer is not None  # _ensure_observer made one
         prev = state.get("observer_prev_action")
         self.observer.set_state(
             (
@@ -333,7 +337,9 @@ class Collector:
                 else:
                     if done[i]:
                         return f"env {i} ended an episode its checkpoint had as unfinished"
-                    builders[i].add(act[i], float(reward[i]), frame.numpy())
+                    builder = builders[i]
+                    assert builder is not None  # entered() made it for the partial episode
+                    builder.add(act[i], float(reward[i]), frame.numpy())
                     t_in[i] += 1
         if any(cursor[i] < len(mine[i]) for i in range(n)):
             return "the replay ended before every recorded episode"

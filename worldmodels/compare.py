@@ -397,7 +397,10 @@ def _events(
         "reward-1": binary_counts(p < 0, r < 0, valid),
         "end": (c["end_hits"], c["end_predicted"], c["end_real"]),
     }
-    return {k: detection_scores(*(float(x) for x in v), total) for k, v in out.items()}
+    return {
+        k: detection_scores(float(hits), float(predicted), float(real), total)
+        for k, (hits, predicted, real) in out.items()
+    }
 
 
 def _expected_events(
@@ -410,7 +413,7 @@ def _expected_events(
     out: dict[str, dict[str, Any]] = {}
     if reward_probs is not None:
         out["reward"] = detection_scores(
-            *(float(c[f"reward_{k}"]) for k in ("hits", "predicted", "real")), total
+            float(c["reward_hits"]), float(c["reward_predicted"]), float(c["reward_real"]), total
         )
         for name, cls, sign in (("reward+1", 2, 1.0), ("reward-1", 0, -1.0)):
             p = reward_probs[..., cls].double()
@@ -420,7 +423,7 @@ def _expected_events(
             )
     if end_probs is not None:
         out["end"] = detection_scores(
-            *(float(c[f"end_{k}"]) for k in ("hits", "predicted", "real")), total
+            float(c["end_hits"]), float(c["end_predicted"]), float(c["end_real"]), total
         )
     return out
 
@@ -468,7 +471,7 @@ def baseline_rollouts(real: Tensor, segments: Batch, samples: int) -> dict[str, 
 
 def _score(
     r: Rollout, targets: Tensor, moving: Tensor, real_rew: Tensor, real_end: Tensor,
-    tf: tuple | None, tf_rew: Tensor, tf_end: Tensor, transitions: int, context_len: int | None,
+    tf: tuple[Tensor | None, Tensor | None] | None, tf_rew: Tensor, tf_end: Tensor, transitions: int, context_len: int | None,
     baseline: bool,
 ) -> WorldScores:  # fmt: skip
     fake = _unit(r.frames[:, 1:])
@@ -527,7 +530,7 @@ def compare_worlds(
     targets = _unit(real[:, 1:].repeat_interleave(samples, 0))  # (N * S, H, C, H, W)
     moving = moving_mask(real).repeat_interleave(samples, 0)
     actions = segments.act[:, rows].repeat_interleave(samples, 0)
-    common = dict(
+    common: dict[str, Any] = dict(
         targets=targets, moving=moving, real_rew=real_rew, real_end=real_end, tf_rew=tf_rew,
         tf_end=tf_end, transitions=n * horizon,
     )  # fmt: skip
@@ -695,7 +698,10 @@ def format_comparison(comparison: Comparison, every: int | None = None) -> str:
     for k in cols:
         sc = comparison.scores[k]
         moving = [x for x in sc.moving_psnr if x is not None]
-        mean += cell(np.mean(sc.psnr), np.mean(sc.ssim), np.mean(moving) if moving else None)
+        mean += cell(
+            float(np.mean(sc.psnr)), float(np.mean(sc.ssim)),
+            float(np.mean(moving)) if moving else None,
+        )  # fmt: skip
     lines.append(mean)
 
     first = comparison.scores[cols[0]]

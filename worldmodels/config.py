@@ -26,7 +26,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -282,7 +282,7 @@ def _coerce(
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
+        return from_dict(cast(type, tp), value, where)  # an annotation: a dataclass type
     if origin in (tuple, list, Sequence) or tp in (tuple, list):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise UserError(f"{where}: expected a list, got {value!r}")
@@ -315,12 +315,12 @@ def _coerce(
             raise UserError(f"{where} must be >= 0, got {number}")
         return number
     if tp is float:
-        number = _as_float(value)
-        if number is None:
+        real = _as_float(value)
+        if real is None:
             raise UserError(f"{where}: expected a number, got {value!r}")
-        if math.isnan(number) or (math.isinf(number) and not allow_inf):
+        if math.isnan(real) or (math.isinf(real) and not allow_inf):
             raise UserError(f"{where} must be a finite number, got {value!r}")
-        return number
+        return real
     if tp is str:
         if isinstance(value, str):
             return value
@@ -453,7 +453,7 @@ def apply_override(tree: dict, path: list[str], value: Any) -> None:
 # Resolution
 
 
-def _component(registry, name: str, tree: dict, where: str) -> Choice:
+def _component(registry, name: str, tree: Mapping, where: str) -> Choice:
     cls = registry.get(name)
     params = {k: v for k, v in tree.items() if k != "name"}
     return Choice(name, from_dict(cls.Config, params, where))
@@ -517,7 +517,7 @@ def build(tree: Mapping) -> Config:
     world = _choice_tree(tree, "world")
     kwargs["world"] = None if world is None else _component(WORLDS, world["name"], world, "world")
     agent = _choice_tree(tree, "agent") or {
-        "name": _default_agent(world and world["name"]) or "random"
+        "name": _default_agent(None if world is None else world["name"]) or "random"
     }
     kwargs["agent"] = _component(AGENTS, agent["name"], agent, "agent")
     preset = tree.get("preset", "atari100k")

@@ -16,7 +16,7 @@ import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -132,7 +132,7 @@ class _phase:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, ContractError) or not isinstance(exc, Exception):
             return False
         raise self.fail(f"{self.what} raised {type(exc).__name__}: {exc}") from exc
@@ -161,6 +161,11 @@ def _storages(module: nn.Module) -> set[int]:
         for t in (*module.parameters(), *module.buffers())
         if t.numel() > 0
     }
+
+
+def _obs_shape(env_info: EnvInfo) -> tuple[int, int, int]:
+    """``env_info.obs_shape`` as a tuple (``(C, H, W)``; it may arrive as a list)."""
+    return cast("tuple[int, int, int]", tuple(env_info.obs_shape))
 
 
 def _frames(n: int, shape: tuple, device: torch.device, seed: int) -> Tensor:
@@ -233,7 +238,7 @@ def _world_checks(
     if store is None:
         length = max(24, 2 * world.context_len + 8)
         store = random_store(
-            num_episodes=4, length=length, obs_shape=tuple(env_info.obs_shape),
+            num_episodes=4, length=length, obs_shape=_obs_shape(env_info),
             num_actions=env_info.num_actions, seed=seed,
         )  # fmt: skip
     if train:
@@ -430,22 +435,22 @@ def _check_imagination(fail: _Fail, world: Any, env_info: EnvInfo, store: Replay
                     )
     first = _imagine(world, ctx, actions, seed)
     second = _imagine(world, ctx, actions, seed)
-    where = _first_difference(first, second)
-    if where is not None:
+    differs = _first_difference(first, second)
+    if differs is not None:
         raise fail(
             f"imagination is not deterministic under a seed: two runs after torch.manual_seed({seed}) "
-            f"differ in {where} (draw from torch's global RNG, or from generators that reseed(seed) resets)"
+            f"differ in {differs} (draw from torch's global RNG, or from generators that reseed(seed) resets)"
         )
     fresh = _rebuild(world, env_info, seed)
     if fresh is not None:
         _round_trip(fail, "world", world, fresh)
         with _eval_mode(fresh):
             again = _imagine(fresh, ctx, actions, seed)
-        where = _first_difference(first, again)
-        if where is not None:
+        differs = _first_difference(first, again)
+        if differs is not None:
             raise fail(
                 f"a checkpoint round trip into a new {type(world).__name__} changes its imagination "
-                f"({where} differs): state_dict() and get_extra_state() must hold all it depends on"
+                f"({differs} differs): state_dict() and get_extra_state() must hold all it depends on"
             )
 
 
@@ -494,7 +499,7 @@ def _check_frames_and_features(
     store = random_store(
         num_episodes=2,
         length=max(12, world.context_len + 4),
-        obs_shape=tuple(env_info.obs_shape),
+        obs_shape=_obs_shape(env_info),
         num_actions=env_info.num_actions,
     )
     ctx = _contexts(world, store, device, seed)
@@ -536,7 +541,7 @@ def _check_reward_end_probs(
 ) -> None:  # fmt: skip
     t = world.context_len + 3
     store = random_store(
-        num_episodes=2, length=max(12, t + 4), obs_shape=tuple(env_info.obs_shape),
+        num_episodes=2, length=max(12, t + 4), obs_shape=_obs_shape(env_info),
         num_actions=env_info.num_actions, seed=seed,
     )  # fmt: skip
     rows = SegmentSampler(store, t, seed=seed).sample(BATCH).to(device)
@@ -686,6 +691,7 @@ def _agent_obs(
     observes: str, env_info: EnvInfo, dim: int | None, n: int, device: torch.device, seed: int
 ) -> Tensor:
     if observes == "features":
+        assert dim is not None  # check_agent refuses features without a dim
         g = torch.Generator().manual_seed(seed)
         return torch.randn(n, dim, generator=g).to(device)
     return _frames(n, tuple(env_info.obs_shape), device, seed)
@@ -819,7 +825,7 @@ class _PaidFeatures(LinearFeatureWorld):
 def _test_world(observes: str, env_info: EnvInfo, dim: int | None, device: torch.device) -> Any:
     """A small world of ``env_info``'s shape that varies its trajectories' lengths (ends with
     probability 0.2) and pays every step, with features for feature agents."""
-    shape = tuple(env_info.obs_shape)
+    shape = _obs_shape(env_info)
     if observes == "features":
         assert dim is not None
         return _PaidFeatures(env_info.num_actions, dim, shape, end_prob=0.2).to(device)
@@ -833,7 +839,7 @@ def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, obse
     num_envs, horizon = contract.dream_size(agent) if training is not None else (2, 2)
     world = world if world is not None else _test_world(observes, env_info, dim, device)
     store = random_store(
-        num_episodes=4, length=max(24, 2 * world.context_len + 8), obs_shape=tuple(env_info.obs_shape),
+        num_episodes=4, length=max(24, 2 * world.context_len + 8), obs_shape=_obs_shape(env_info),
         num_actions=env_info.num_actions, seed=seed,
     )  # fmt: skip
     weights = training.recency_weights if training is not None else None

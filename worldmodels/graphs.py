@@ -72,7 +72,7 @@ def capture_refusal(world: Any) -> str | None:
 
 
 def _key(leaves: list[Any], spec: Any) -> tuple:
-    sig = []
+    sig: list[tuple[Any, ...]] = []
     for leaf in leaves:
         if isinstance(leaf, Tensor):
             sig.append(("T", tuple(leaf.shape), leaf.dtype, leaf.device, leaf.requires_grad))

@@ -45,8 +45,8 @@ class Batch(NamedTuple):
     frame_ids: Tensor | None = None  # (B, T) int64 global frame id in replay (-1 on padding)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(
-            *(None if x is None else x.to(device, non_blocking=non_blocking) for x in self)
+        return Batch._make(
+            None if x is None else x.to(device, non_blocking=non_blocking) for x in self
         )
 
 

@@ -135,7 +135,8 @@ def add_event_rates(logs: Mapping[str, float]) -> dict[str, float]:
         keys = [f"{event}_{k}" for k in ("hits", "predicted", "real")]
         if total is None or not all(k in logs for k in keys):
             continue
-        s = detection_scores(*(float(logs[k]) for k in keys), float(total))
+        hits, predicted, real = (float(logs[k]) for k in keys)
+        s = detection_scores(hits, predicted, real, float(total))
         for name in ("precision", "recall", "base_rate"):
             if s[name] is not None:
                 out[f"{event}_{name}"] = s[name]

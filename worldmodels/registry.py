@@ -17,7 +17,7 @@ import importlib
 import importlib.metadata
 import pkgutil
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from worldmodels.checks import check_module_name
 from worldmodels.contract import require_config
@@ -48,7 +48,9 @@ class Registry(Generic[T]):
                     f"{existing.__qualname__}"
                 )
             self._classes[name] = cls
-            cls.registry_name = name  # a checkpoint is rebuilt from this name, never unpickled
+            cast(
+                Any, cls
+            ).registry_name = name  # a checkpoint is rebuilt from this name, never unpickled
             return cls
 
         return deco

@@ -547,6 +547,7 @@ class SegmentSampler:
         end = last & all_ends[eps][:, None]
         trunc = last & all_truncs[eps][:, None]
 
+        assert store.frame_shape is not None  # set by the first episode (the store has one)
         obs = np.empty((B, T, *store.frame_shape), dtype=np.uint8)
         act = np.zeros((B, T), dtype=np.int64)
         rew = np.zeros((B, T), dtype=np.float32)

@@ -82,8 +82,8 @@ class RunSteps:
         run: RunDir,
         parts: RunParts,
         *,
-        agent: torch.nn.Module,
-        world: torch.nn.Module | None,
+        agent: Any,  # an interfaces.Agent (an nn.Module with its .config)
+        world: Any,  # an interfaces.World (an nn.Module with its .config), or None
         store: ReplayStore,
         logger: TBLogger,
         device: torch.device,

@@ -88,7 +88,7 @@ class TBLogger:
             self._writer = SummaryWriter(self.logdir, flush_secs=self.flush_secs)
         return self._writer
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
+    def scalar(self, tag: str, value: float | np.floating, step: int) -> None:
         self.writer.add_scalar(tag, float(value), step)
 
     def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -208,9 +208,10 @@ class Updater:
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
         found_inf = (~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))).float()
-        self.optimizer.found_inf = found_inf  # fused AdamW: no step where 1 (0-dim)
+        # fused AdamW: no step where 1 (0-dim)
+        self.optimizer.found_inf = found_inf  # type: ignore[attr-defined]  # step() getattr()s it
         self.optimizer.step()
-        del self.optimizer.found_inf
+        del self.optimizer.found_inf  # type: ignore[attr-defined]  # not in torch's Optimizer type
         out = {k: v.detach() for k, v in logs.items() if isinstance(v, Tensor)}
         out["grad_norm"] = grad_norm.detach()
         out["nonfinite"] = found_inf
@@ -219,7 +220,7 @@ class Updater:
     def _captured_step(self, loss_fn: Callable, x: Any) -> dict[str, float]:
         if self._captured is None:
             self._captured_loss = loss_fn
-            mode = "cuda" if self.graphs == "cuda" else "simulate"
+            mode: Literal["cuda", "simulate"] = "cuda" if self.graphs == "cuda" else "simulate"
             self._captured = CapturedCall(self._static_step, mode=mode, name="train_step")
         elif loss_fn != self._captured_loss:
             raise ValueError("a graphed Updater trains one loss function; build another for this")

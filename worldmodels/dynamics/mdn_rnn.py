@@ -154,7 +154,7 @@ class MDNRNN(nn.Module):
 
     def loss(
         self, z: Tensor, actions: Tensor, rew: Tensor, end: Tensor, mask: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Mixture NLL of ``z_{t+1}`` given the prefix (per latent dimension, in nats, averaged as in
         the paper's code) + cross-entropy of the reward sign + of the end flag, each averaged over
         the real transitions ``t -> t + 1`` (``mask[:, t] & mask[:, t + 1]``). ``z`` ``(B, T, Z)``,

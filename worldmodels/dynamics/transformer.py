@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,7 @@ from worldmodels.metrics import event_counts
 from worldmodels.nn.sampling import sample_categorical
 from worldmodels.nn.transformer import GPT, GPTConfig, KVCache, init_weights
 
-ImagState = dict[str, Tensor | int]
+ImagState = dict[str, Any]  # Tensor values, but start_fill (an int): see below
 """Imagination state: batch-first tensors of fixed shapes (rows can be swapped with
 ``torch.where`` whatever their history), a 0-dim tensor and a Python int shared by all rows. With
 ``W = context_frames - 1``, ``M = context_frames * (K + 1)``:
@@ -249,7 +250,7 @@ class TransformerDynamics(nn.Module):
 
     def loss(
         self, tokens: Tensor, actions: Tensor, rew: Tensor, end: Tensor, mask: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Cross-entropy of the next observation tokens + reward sign + end, each averaged over
         its valid targets, on segments in the ``Batch`` convention: ``tokens (B, T, K)`` int64,
         ``actions (B, T)`` int64, ``rew (B, T)`` float (raw; sign-clipped here), ``end (B, T)``
@@ -316,6 +317,7 @@ class TransformerDynamics(nn.Module):
         tensor (its value, ``max(min_fill, n * (K + 1) - drop)``, is fixed by the shapes)."""
         b, n, k = tokens.shape
         x, pos, key_valid = self._sequence(tokens, actions, valid)
+        assert key_valid is not None  # _sequence returns it for a given mask
         length = n * (k + 1) - drop
         offset = max(0, min_fill - length)  # slots [0, offset): invalid
         cache = self.gpt.empty_cache(b, tokens.device, dtype)
@@ -325,10 +327,10 @@ class TransformerDynamics(nn.Module):
         cache.k.zero_()
         cache.v.zero_()
         cache.size = torch.tensor(offset, device=tokens.device)
-        h = None
+        h: Tensor | None = None
         if length > 0:  # the features of the last token only, if any
-            h = self.gpt(x[:, :length], cache, valid=key_valid[:, :length], last=int(drop == 0))
-            h = h[:, -1] if drop == 0 else None
+            out = self.gpt(x[:, :length], cache, valid=key_valid[:, :length], last=int(drop == 0))
+            h = out[:, -1] if drop == 0 else None
         return cache, h, pos
 
     @torch.no_grad()

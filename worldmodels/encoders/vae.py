@@ -152,7 +152,7 @@ class ConvVAE(nn.Module):
         x = torch.sigmoid(logits).mul(2.0).sub(1.0)
         return x.reshape(*lead, *x.shape[1:])
 
-    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO on the real frames of ``batch`` (``obs`` ``(B, T, C, H, W)`` uint8, counted
         where ``mask`` is True): reconstruction summed over pixels + ``kl_weight`` * KL summed over
         dimensions (each floored at ``free_bits``), both averaged over real frames. Padding frames

@@ -70,6 +70,7 @@ class SelfAttention2d(nn.Module):
         self.qkv = conv1x1(channels, 3 * channels)
         self.out = conv1x1(channels, channels)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # conv1x1 has a bias
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,6 +154,8 @@ class Upsample(nn.Module):
 class FourierFeatures(nn.Module):
     """Random Fourier features of a scalar: ``[cos(2 pi w x), sin(2 pi w x)]``, ``w ~ N(0, 1)``
     fixed at construction (a buffer, so it is saved with the weights)."""
+
+    weight: Tensor  # buffer (1, dim / 2)
 
     def __init__(self, dim: int) -> None:
         super().__init__()

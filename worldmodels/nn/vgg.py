@@ -34,6 +34,9 @@ class VGG16Features(nn.Sequential):
     ``[0, 1]`` and normalised with ImageNet's channel statistics, as the weights expect.
     """
 
+    mean: Tensor  # buffer (1, 3, 1, 1)
+    std: Tensor  # buffer (1, 3, 1, 1)
+
     def __init__(self) -> None:
         layers: list[nn.Module] = []
         c_in = 3
@@ -54,7 +57,7 @@ class VGG16Features(nn.Sequential):
     def train(self, mode: bool = True) -> VGG16Features:
         return super().train(False)  # always a fixed feature extractor
 
-    def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
+    def forward(self, x: Tensor) -> list[Tensor]:
         """``(B, C, H, W)`` in ``[-1, 1]`` -> the five tapped ReLU outputs ``(B, D_i, H_i, W_i)``."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

@@ -104,7 +104,7 @@ class DiffusionWorld(nn.Module):
 
     # ---------------------------------------------------------------- training
 
-    def denoiser_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def denoiser_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         return self.denoiser.loss(to_float(batch.obs, batch.mask), batch.act, batch.mask)
 
     def stages(self) -> dict[str, Stage]:

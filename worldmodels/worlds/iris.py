@@ -143,6 +143,7 @@ class IrisWorld(nn.Module):
     def segment_tokens(self, batch: Batch) -> tuple[TokenSegments, dict[str, float]]:
         """The batch's frames as tokens, from the cache (re-encoded only if stale): the host-side
         part of a transformer step (what is cached decides what is encoded)."""
+        assert batch.frame_ids is not None  # replay batches (SegmentSampler) carry them
         before = self.tokens.encoded
         tokens = self.tokens.lookup(
             batch.frame_ids, batch.obs, self._encode, self.tokenizer_version
@@ -226,13 +227,15 @@ class IrisWorld(nn.Module):
         frames = self.dynamics.cfg.context_frames
         rew, end = [], []
         out = self.dynamics(tokens[:, :frames], act[:, :frames], mask[:, :frames])
-        rew.append(out["reward"]), end.append(out["end"])
+        rew.append(out["reward"])
+        end.append(out["end"])
         for last in range(frames, t):  # windows ending at each later frame
             lo = last - frames + 1
             out = self.dynamics(
                 tokens[:, lo : last + 1], act[:, lo : last + 1], mask[:, lo : last + 1]
             )
-            rew.append(out["reward"][:, -1:]), end.append(out["end"][:, -1:])
+            rew.append(out["reward"][:, -1:])
+            end.append(out["end"][:, -1:])
         rew_logits = torch.cat(rew, 1)[:, : t - 1].float()  # (B, T - 1, 3)
         end_logits = torch.cat(end, 1)[:, : t - 1].float()
         return rew_logits.softmax(-1), end_logits.softmax(-1)[..., 1]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
-Sampler = Callable[[Denoise, Tensor, Tensor], Tensor]
+Sampler = Callable[[Denoise, Tensor, Tensor | Sequence[float]], Tensor]
 InitNoise = Literal["sigma_max", "unit"]
 
 
@@ -51,7 +51,7 @@ def _pairs(sigmas: Tensor | Sequence[float]) -> list[tuple[float, float]]:
     return list(zip(s[:-1], s[1:], strict=True))
 
 
-def sample_euler(denoise: Denoise, x: Tensor, sigmas: Tensor) -> Tensor:
+def sample_euler(denoise: Denoise, x: Tensor, sigmas: Tensor | Sequence[float]) -> Tensor:
     """First-order Euler steps of the probability-flow ODE (Karras Algorithm 1 without the
     correction; no churn). This is DIAMOND's sampler (3 steps)."""
     for sigma, next_sigma in _pairs(sigmas):
@@ -59,7 +59,7 @@ def sample_euler(denoise: Denoise, x: Tensor, sigmas: Tensor) -> Tensor:
     return x
 
 
-def sample_heun(denoise: Denoise, x: Tensor, sigmas: Tensor) -> Tensor:
+def sample_heun(denoise: Denoise, x: Tensor, sigmas: Tensor | Sequence[float]) -> Tensor:
     """Heun's second-order method, Karras et al. 2022 Algorithm 1: an Euler step, then the trapezoid
     correction with the slope at its end; the last step (to sigma 0) stays Euler."""
     for sigma, next_sigma in _pairs(sigmas):

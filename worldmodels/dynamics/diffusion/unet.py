@@ -138,6 +138,7 @@ class DenoiserNet(nn.Module):
         self.conv_out = conv3x3(cfg.channels[0], cfg.img_channels)
         # Zero output: a fresh denoiser returns c_skip * noisy, the best guess without data.
         nn.init.zeros_(self.conv_out.weight)
+        assert self.conv_out.bias is not None  # conv3x3 has a bias
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, noisy: Tensor, c_noise: Tensor, context: Tensor, actions: Tensor) -> Tensor:
@@ -193,7 +194,7 @@ class Denoiser(nn.Module):
         out = self._net_output(noisy, pre, self._scale_context(ctx_obs), ctx_act)
         return self._combine(noisy, out, pre)
 
-    def loss(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """DIAMOND's training loss on segments of ``T + K`` frames.
 
         ``obs`` ``(B, T + K, C, H, W)`` float in ``[-1, 1]``, ``act`` ``(B, T + K)`` int64 (``act[t]``
@@ -211,7 +212,7 @@ class Denoiser(nn.Module):
         assert act.shape == (b, length) and mask.shape == (b, length), (act.shape, mask.shape)
         frames = list(obs.float().unbind(1))  # (B, C, H, W) each; predicted ones get replaced
         total = obs.new_zeros((), dtype=torch.float32)
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}
         for j in range(k):
             x0 = frames[t + j]  # the real frame: not replaced yet
             ctx = self._scale_context(torch.stack(frames[j : t + j], dim=1))
