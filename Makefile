@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 BIN          = $(VENV)/bin
 STAMP        = $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck format bench clean-runs
+.PHONY: install demo test test-all lint typecheck format bench clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python train.py --env Breakout --world diffusion --preset smoke
 
-## The whole test suite (CPU only).
+## The everyday fast tier: everything but the end-to-end runs (about 1.5 min on 2 CPU cores).
 test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+## The whole suite, end-to-end runs of the real entry points included (what CI runs).
+test-all: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
