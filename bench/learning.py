@@ -114,24 +114,34 @@ def _beats(world: list, baseline: list) -> list[bool | None]:
 def world_quality(run, cfg, device, amp, b: dict, seed: int, logger) -> dict:
     """Open-loop scores of every ``curve_every``-th checkpoint's world (and the last) on held-out
     real episodes, beside the baselines; logged under ``compare/`` (x-axis: the horizon step)."""
+    from worldmodels import contract
     from worldmodels.build import build_world, env_factory, env_info_of
     from worldmodels.checkpoint import complete_checkpoints, load_checkpoint
     from worldmodels.compare import compare_worlds, format_comparison, record_segments
+    from worldmodels.registry import WORLDS
     from worldmodels.seeding import derive_seed
 
     ckpts = complete_checkpoints(run.checkpoints)
-    epochs = [json.loads((c / "meta.json").read_text())["counters"]["epoch"] for c in ckpts]
-    chosen = [c for c, e in zip(ckpts, epochs, strict=True) if e % b["curve_every"] == 0]
-    if ckpts[-1] not in chosen:
-        chosen.append(ckpts[-1])
+    kind = cfg.schedule.kind
+    if kind == "auto":
+        kind = contract.schedule_kind(WORLDS.get(cfg.world.name))
+    if kind == "staged":
+        # phases, not epochs: the world is complete only after its last stage
+        chosen, labels = ckpts[-1:], ["final"]
+    else:
+        epochs = [json.loads((c / "meta.json").read_text())["counters"]["epoch"] for c in ckpts]
+        picked = [(c, e) for c, e in zip(ckpts, epochs, strict=True) if e % b["curve_every"] == 0]
+        if not picked or picked[-1][0] != ckpts[-1]:
+            picked.append((ckpts[-1], epochs[-1]))
+        chosen, labels = [c for c, _ in picked], [f"epoch_{e}" for _, e in picked]
     env = env_factory(cfg.env)("test", min(b["contexts"], 8))
     try:
         info = env_info_of(env)
         worlds = {}
-        for c in chosen:
+        for c, label in zip(chosen, labels, strict=True):
             w = build_world(cfg.world, info, device=device, channels_last=cfg.run.channels_last)
-            meta = load_checkpoint(c, {"world": w}, map_location=device)[1]
-            worlds[f"epoch_{meta['counters']['epoch']}"] = w.eval()
+            load_checkpoint(c, {"world": w}, map_location=device)
+            worlds[label] = w.eval()
         context = max(w.context_len for w in worlds.values())
         segments = record_segments(
             env, b["contexts"], context + b["horizon"],
@@ -342,6 +352,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
 def summary(record: dict) -> str:
     q, r = record["world_quality"], record["real_returns"]
     final = q["checkpoints"][q["final"]]
@@ -366,7 +380,7 @@ def summary(record: dict) -> str:
         tf = (final["teacher_forced"] or {}).get(kind) or {}
         ol = final["open_loop"][kind]
         lines.append(
-            f"  {kind}: base rate {cell(ol['base_rate'])}; teacher-forced recall "
+            f"  {kind}: base rate {_rate(ol['base_rate'])}; teacher-forced recall "
             f"{cell(tf.get('recall'))} precision {cell(tf.get('precision'))}; open loop recall "
             f"{cell(ol['recall'])} precision {cell(ol['precision'])}"
         )
