@@ -30,7 +30,7 @@ only, so not for Atari), e.g. QR-DQN from sb3-contrib::
     from dataclasses import dataclass
     from sb3_contrib import QRDQN
 
-    from agents.sb3 import SB3Agent, register_algorithm
+    from worldmodels.agents.sb3 import SB3Agent, register_algorithm
     from worldmodels.registry import AGENTS
 
     register_algorithm("QRDQN", QRDQN, {"buffer_size": 10_000, "learning_starts": 256})
@@ -59,8 +59,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecMonitor
 from torch import Tensor, nn
+from worldmodels.envs.sb3_vec import DreamVecEnv
 
-from envs.sb3_vec import DreamVecEnv
 from worldmodels.errors import UserError, choices
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.sampling import epsilon_greedy, sample_categorical

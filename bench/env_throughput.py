@@ -18,9 +18,8 @@ import time
 
 import numpy as np
 import torch
-
-from envs.atari import make_atari_env
-from envs.atari_config import AtariConfig
+from worldmodels.envs.atari import make_atari_env
+from worldmodels.envs.atari_config import AtariConfig
 
 
 def measure(config: AtariConfig, num_envs: int, seconds: float, seed: int = 0) -> dict:

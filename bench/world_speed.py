@@ -32,8 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from envs.dream import DreamEnv  # noqa: E402
-from envs.testing import random_store  # noqa: E402
+from worldmodels.envs.dream import DreamEnv  # noqa: E402
+from worldmodels.envs.testing import random_store  # noqa: E402
+
 from worldmodels import config as C  # noqa: E402
 from worldmodels.build import build_world_and_agent, compile_hot_modules  # noqa: E402
 from worldmodels.cli import precision_choice, resolve_device  # noqa: E402

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from worldmodels.agents.actor_critic import ActorCritic, lambda_returns
+from worldmodels.envs.dream import DreamEnv
+from worldmodels.envs.testing import BanditWorld, random_store
 
-from agents.actor_critic import ActorCritic, lambda_returns
-from envs.dream import DreamEnv
-from envs.testing import BanditWorld, random_store
 from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.blocks import count_parameters
@@ -134,8 +134,8 @@ def test_act_shapes_reset_and_greedy():
 
 
 def test_acts_in_the_real_atari_env():
-    from envs.atari import make_atari_env
-    from envs.atari_config import AtariConfig
+    from worldmodels.envs.atari import make_atari_env
+    from worldmodels.envs.atari_config import AtariConfig
 
     env = make_atari_env(AtariConfig(), 2, "train")
     try:

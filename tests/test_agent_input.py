@@ -1,10 +1,10 @@
 """What agents see of the real game: an agent that ignores its observations runs no world."""
 
 import torch
+from worldmodels.agents.actor_critic import ActorCritic
+from worldmodels.agents.random import RandomAgent
+from worldmodels.envs.testing import BanditWorld
 
-from agents.actor_critic import ActorCritic
-from agents.random import RandomAgent
-from envs.testing import BanditWorld
 from worldmodels.agent_input import AgentInput
 from worldmodels.interfaces import EnvInfo
 

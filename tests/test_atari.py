@@ -11,15 +11,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from envs.atari import (
+from worldmodels.envs.atari import (
     ATARI100K_GAMES,
     AtariVecEnv,
     all_games,
     make_atari_env,
     resolve_game,
 )
-from envs.atari_config import AtariConfig
+from worldmodels.envs.atari_config import AtariConfig
+
 from worldmodels.errors import UserError
 
 MACHADO = AtariConfig(

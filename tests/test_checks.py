@@ -9,9 +9,9 @@ import pytest
 import torch
 from examples_inproc import load_example
 from torch import nn
+from worldmodels.agents.random import RandomAgent
+from worldmodels.envs.testing import BanditWorld
 
-from agents.random import RandomAgent
-from envs.testing import BanditWorld
 from worldmodels import contract
 from worldmodels.checks import check_agent, check_world
 from worldmodels.contract import ContractError
@@ -157,8 +157,8 @@ def test_declared_capabilities_are_checked_for_their_kind():
 
 
 def test_the_dream_env_names_a_world_without_render():
-    from envs.dream import DreamEnv
-    from envs.testing import random_store
+    from worldmodels.envs.dream import DreamEnv
+    from worldmodels.envs.testing import random_store
 
     with pytest.raises(ContractError, match=r"imagine_step takes no `render=` keyword"):
         DreamEnv(NoRender(SMALL, ENV), random_store(), num_envs=2, horizon=2, device="cpu")
@@ -239,7 +239,7 @@ def test_an_agent_without_observes_is_named():
 
 
 def test_pairs_that_cannot_work_say_why():
-    from agents.cmaes import CMAESAgent
+    from worldmodels.agents.cmaes import CMAESAgent
 
     cmaes = CMAESAgent(CMAESAgent.Config(), dataclasses.replace(ENV, feature_dim=6))
     why = contract.incompatibility(cmaes, BanditWorld(obs_shape=ENV.obs_shape))

@@ -15,8 +15,8 @@ import pytest
 import torch
 from tb_read import read_events
 from test_cli import ROOT, run
+from worldmodels.envs.testing import random_store
 
-from envs.testing import random_store
 from worldmodels.compare import (
     PSNR_CAP_DB,
     clip_scores,

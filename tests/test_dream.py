@@ -1,9 +1,8 @@
 """DreamEnv: shapes, dtypes, horizon truncation and same-step auto-reset, generic over worlds."""
 
 import torch
-
-from envs.dream import DreamEnv, where_rows
-from envs.testing import BanditWorld, random_store
+from worldmodels.envs.dream import DreamEnv, where_rows
+from worldmodels.envs.testing import BanditWorld, random_store
 
 
 def make(num_envs=5, horizon=4, end_prob=0.0):

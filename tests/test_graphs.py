@@ -14,10 +14,10 @@ import dataclasses
 import pytest
 import torch
 import torch._dynamo
+from worldmodels.agents.actor_critic import ActorCritic
+from worldmodels.envs.dream import DreamEnv
+from worldmodels.envs.testing import BanditWorld, random_store
 
-from agents.actor_critic import ActorCritic
-from envs.dream import DreamEnv
-from envs.testing import BanditWorld, random_store
 from worldmodels import config as C
 from worldmodels.build import build_world
 from worldmodels.errors import UserError

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 import torch
+from worldmodels.envs.testing import random_store
 
-from envs.testing import random_store
 from worldmodels import config as C
 from worldmodels import precision as P
 from worldmodels.build import build_world

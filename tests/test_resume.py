@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from worldmodels.agents.random import RandomAgent
+from worldmodels.envs.atari import make_atari_env
+from worldmodels.envs.atari_config import AtariConfig
 
-from agents.random import RandomAgent
-from envs.atari import make_atari_env
-from envs.atari_config import AtariConfig
 from worldmodels.collect import Collector
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import Episode, ReplayStore

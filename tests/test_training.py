@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from worldmodels.envs.testing import random_store
 
-from envs.testing import random_store
 from worldmodels import config as C
 from worldmodels.build import build_world
 from worldmodels.interfaces import EnvInfo

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from worldmodels.envs.dream import _rows, where_rows
 
-from envs.dream import _rows, where_rows
 from worldmodels.dynamics.transformer import (
     TransformerDynamics,
     TransformerDynamicsConfig,

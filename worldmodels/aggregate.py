@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from envs.atari_config import AtariConfig
+from worldmodels.envs.atari_config import AtariConfig
 from worldmodels.errors import UserError
 from worldmodels.scores import human_normalized, reference_scores
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from envs.atari import AtariVecEnv, make_atari_env
-from envs.atari_config import AtariConfig
 from worldmodels import contract
 from worldmodels.config import Choice
+from worldmodels.envs.atari import AtariVecEnv, make_atari_env
+from worldmodels.envs.atari_config import AtariConfig
 from worldmodels.interfaces import EnvInfo
 from worldmodels.registry import AGENTS, WORLDS
 from worldmodels.seeding import derive_seed
@@ -91,7 +91,7 @@ def build_dream(
     """The ``DreamEnv`` an agent trains in, sized by the agent's config (``num_envs``,
     ``horizon``, ``training.recency_weights``) and the run's (``schedule.dream_spares``, the seed);
     None for an agent that does not train in imagination (no ``config.training``)."""
-    from envs.dream import DreamEnv
+    from worldmodels.envs.dream import DreamEnv
 
     training = contract.agent_training(agent)
     if world is None or training is None:

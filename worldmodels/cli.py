@@ -23,7 +23,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def choices_epilog() -> str:
-    from envs.atari import ATARI100K_GAMES
+    from worldmodels.envs.atari import ATARI100K_GAMES
 
     worlds = ", ".join(WORLDS.names()) or "(none registered yet)"
     return "\n".join(

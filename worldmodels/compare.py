@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs.dream import imagine_step
 from worldmodels import contract
+from worldmodels.envs.dream import imagine_step
 from worldmodels.errors import UserError
 from worldmodels.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from worldmodels.interfaces import Batch

@@ -30,13 +30,13 @@ from typing import Any, Literal, cast
 
 import yaml
 
-from envs.atari_config import AtariConfig
 from worldmodels import contract
 from worldmodels.checks import at_least, check_module_name, check_name, in_range
+from worldmodels.envs.atari_config import AtariConfig
 from worldmodels.errors import UserError, choices
 from worldmodels.registry import AGENTS, WORLDS, loaded_plugins
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # worldmodels.configs
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,7 +586,9 @@ def resolve(
         apply_override(tree, path, value)
     if plugins:
         tree["run"] = {**(tree.get("run") or {}), "plugins": list(plugins)}
-    from envs.atari import resolve_game  # lazy: ale-py is only needed once a game is named
+    from worldmodels.envs.atari import (
+        resolve_game,  # lazy: ale-py is only needed once a game is named
+    )
 
     tree["env"]["game"] = resolve_game(str(tree["env"].get("game", AtariConfig.game)))[0]
     return build(tree)

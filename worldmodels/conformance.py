@@ -22,11 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from envs.dream import DreamEnv, imagine_step
-from envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels import contract
 from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.contract import ContractError, describe
+from worldmodels.envs.dream import DreamEnv, imagine_step
+from worldmodels.envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import ReplayStore, SegmentSampler
 from worldmodels.training import Stage, Updater

@@ -90,7 +90,7 @@ class Registry(Generic[T]):
 
 
 WORLDS: Registry = Registry("world", "worldmodels.worlds", ["worldmodels.worlds"])
-AGENTS: Registry = Registry("agent", "worldmodels.agents", ["agents"])
+AGENTS: Registry = Registry("agent", "worldmodels.agents", ["worldmodels.agents"])
 
 
 _LOADED: list[str] = []

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.dream import imagine_step
 from worldmodels import contract
 from worldmodels.agent_input import AgentInput
 from worldmodels.build import RunParts
@@ -29,6 +28,7 @@ from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from worldmodels.collect import CollectStats, TestResult, play_test_episodes
 from worldmodels.compare import clip_scores
 from worldmodels.config import Config, to_dict
+from worldmodels.envs.dream import imagine_step
 from worldmodels.errors import UserError
 from worldmodels.replay import ReplayStore
 from worldmodels.results import keep_previous, results_record, summary_line, write_results

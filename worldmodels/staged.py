@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from agents.random import RandomAgent
 from worldmodels import contract
+from worldmodels.agents.random import RandomAgent
 from worldmodels.build import build_parts
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import ReplayStore
