@@ -111,13 +111,19 @@ def _beats(world: list, baseline: list) -> list[bool | None]:
     return [None if w is None or b is None else w > b for w, b in zip(world, baseline, strict=True)]
 
 
-def world_quality(run, cfg, device, amp, b: dict, seed: int, logger) -> dict:
+def world_quality(run, cfg, device, amp, b: dict, seed: int) -> dict:
     """Open-loop scores of every ``curve_every``-th checkpoint's world (and the last) on held-out
-    real episodes, beside the baselines; logged under ``compare/`` (x-axis: the horizon step)."""
+    real episodes, beside the baselines; logged to ``<run tb>/compare`` (one TensorBoard run per
+    column; x-axis: the horizon step)."""
     from worldmodels import contract
     from worldmodels.build import build_world, env_factory, env_info_of
     from worldmodels.checkpoint import complete_checkpoints, load_checkpoint
-    from worldmodels.compare import compare_worlds, format_comparison, record_segments
+    from worldmodels.compare import (
+        compare_worlds,
+        format_comparison,
+        log_comparison,
+        record_segments,
+    )
     from worldmodels.registry import WORLDS
     from worldmodels.seeding import derive_seed
 
@@ -155,12 +161,7 @@ def world_quality(run, cfg, device, amp, b: dict, seed: int, logger) -> dict:
         seed=derive_seed(seed, "learning", "imagine"),
     )  # fmt: skip
     print(format_comparison(cmp))
-    for label in cmp.columns:
-        sc = cmp.scores[label]
-        for h, (p, m) in enumerate(zip(sc.psnr, sc.moving_psnr, strict=True), start=1):
-            logger.scalar(f"compare/{label}/psnr", p, h)
-            if m is not None:
-                logger.scalar(f"compare/{label}/moving_psnr", m, h)
+    log_comparison(cmp, Path(run.tb) / "compare")  # one TensorBoard run per column
     final = cmp.labels[-1]
     copy = cmp.scores["copy-last"]
     return {
@@ -285,7 +286,7 @@ def main(argv=None) -> int:
     logger = TBLogger(str(run.tb))
     with contextlib.closing(logger):
         t0 = time.perf_counter()
-        quality = world_quality(run, cfg, device, amp, b, args.seed, logger)
+        quality = world_quality(run, cfg, device, amp, b, args.seed)
         quality_seconds = time.perf_counter() - t0
         agent, world, training = train_agent(run, cfg, agent_cfg, device, amp, b, deadline, logger)
         t0 = time.perf_counter()

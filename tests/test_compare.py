@@ -15,7 +15,6 @@ import pytest
 import torch
 from tb_read import read_events
 from test_cli import ROOT, run
-from worldmodels.envs.testing import random_store
 
 from worldmodels.compare import (
     PSNR_CAP_DB,
@@ -28,8 +27,9 @@ from worldmodels.compare import (
     ssim,
     write_comparison,
 )
+from worldmodels.envs.testing import random_store
 from worldmodels.interfaces import Batch
-from worldmodels.tb import TBLogger
+from worldmodels.tb import TITLE_HEIGHT
 
 # ---------------------------------------------------------------------------- metrics
 
@@ -244,20 +244,27 @@ def test_compare_fake_worlds_scores_logs_and_files(tmp_path):
     )
     assert again.scores["noise"].psnr == noise.psnr  # seeded
 
-    logger = TBLogger(str(tmp_path / "tb"))
-    log_comparison(cmp, logger)
-    logger.close()
+    log_comparison(cmp, tmp_path / "tb", text="about these runs")
     write_comparison(cmp, tmp_path, meta={"game": "fake"})
     ev = read_events(tmp_path / "tb")
     tags = ev.Tags()
     assert [f"compare/context_{i}" in tags["images"] for i in range(5)] == [True] * 5
+    assert "compare/about/text_summary" in tags["tensors"]
     img = ev.Images("compare/context_0")[0]
-    assert img.width == 4 * (16 + 2) + 2 and img.height == 16 + 4  # real + 3 worlds in one row
-    psnr_curve = ev.Scalars("compare/perfect_short/psnr")
+    # real + 3 worlds in one row, under a strip that titles the columns
+    assert img.width == 4 * (16 + 2) + 2 and img.height == 16 + 4 + TITLE_HEIGHT
+    # one TensorBoard run per world and baseline, the same tags in each: their curves overlay
+    runs = sorted(p.name for p in (tmp_path / "tb").iterdir() if p.is_dir())
+    assert runs == sorted(["copy-last", "mean-frame", *worlds])
+    psnr_curve = read_events(tmp_path / "tb" / "perfect_short").Scalars("compare/psnr")
     assert [e.step for e in psnr_curve] == list(range(1, horizon + 1))
-    assert [e.value for e in ev.Scalars("compare/noise/ssim")] == pytest.approx(noise.ssim)
-    for name in ("reward_accuracy", "end_accuracy", "frames_per_s"):
-        assert f"compare/noise/{name}" in tags["scalars"]
+    noise_ev = read_events(tmp_path / "tb" / "noise")
+    assert [e.value for e in noise_ev.Scalars("compare/ssim")] == pytest.approx(noise.ssim)
+    for name in ("reward_accuracy", "end_accuracy", "frames_per_s", "moving_psnr"):
+        assert f"compare/{name}" in noise_ev.Tags()["scalars"]
+    assert (
+        "compare/frames_per_s" not in read_events(tmp_path / "tb" / "copy-last").Tags()["scalars"]
+    )
 
     record = json.loads((tmp_path / "compare.json").read_text())
     assert record["game"] == "fake" and record["video_columns"][0] == "real"
@@ -338,13 +345,15 @@ def test_evaluate_compare_two_real_runs(tmp_path):
     out = runs / "cmp"
     ev = read_events(out / "tb")
     tags = ev.Tags()
-    for label in ("diff", "iris"):
+    for label in ("diff", "iris"):  # one run per world: curves overlay under the same tags
+        per_run = read_events(out / "tb" / label)
         names = ("psnr", "ssim", "reward_accuracy", "end_accuracy", "frames_per_s")
         for name in names:
-            assert f"compare/{label}/{name}" in tags["scalars"], (label, name)
-        assert len(ev.Scalars(f"compare/{label}/psnr")) == 6
+            assert f"compare/{name}" in per_run.Tags()["scalars"], (label, name)
+        assert len(per_run.Scalars("compare/psnr")) == 6
     assert {"compare/context_0", "compare/context_1"} <= set(tags["images"])
     assert ev.Images("compare/context_0")[0].width == 3 * (64 + 2) + 2
+    assert "compare/about/text_summary" in tags["tensors"]
     record = json.loads((out / "compare.json").read_text())
     assert [r["world"] for r in record["runs"]] == ["diffusion", "iris"]
     assert record["contexts"] == 2 and record["horizon"] == 6 and record["context"] == 4

@@ -52,3 +52,23 @@ def test_bad_video_shape_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="video expects"):
         log.video("x", torch.zeros(3, 16, 16, dtype=torch.uint8), 0)
     log.close()
+
+
+def test_titled_grids_name_each_column_above_the_images():
+    from worldmodels.tb import TITLE_HEIGHT, image_grid
+
+    images = np.full((4, 3, 20, 30), 90, dtype=np.uint8)  # 2 rows x 2 columns of grey
+    plain = image_grid(images, nrow=2)
+    titled = image_grid(images, nrow=2, titles=["real", "a-very-long-world-name"])
+    assert titled.shape == (3, plain.shape[1] + TITLE_HEIGHT, plain.shape[2])
+    assert np.array_equal(titled[:, TITLE_HEIGHT:], plain)  # the images themselves unchanged
+    strip = titled[:, :TITLE_HEIGHT]
+    for k in range(2):  # text (dark pixels) over each column, none over the gaps' outer edge
+        x = 2 + k * 32
+        assert (strip[:, :, x : x + 30] < 128).any(), k
+    assert (strip[:, :, :2] == 255).all()
+    # a title too long for its column is cut to fit: it never spills into the next column
+    only_second = image_grid(images, nrow=2, titles=["", "a-very-long-world-name"])[
+        :, :TITLE_HEIGHT
+    ]
+    assert (only_second[:, :, : 2 + 30 + 2] == 255).all()

@@ -35,6 +35,7 @@ def test_diffusion_world_run_logs_what_it_promises(tmp_path):
     ):  # fmt: skip
         assert tag in t["scalars"], tag
     assert "imagination/real_vs_imagined" in t["images"]
+    assert {"run/text_summary", "config/text_summary"} <= set(t["tensors"])  # text panels
     results = json.loads((d / "results.json").read_text())
     assert results["world"] == "diffusion" and results["agent"] == "actor_critic"
     out = run("evaluate.py", d, "--episodes", "1", cwd=tmp_path)  # loads the world too

@@ -585,32 +585,55 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def log_comparison(comparison: Comparison, logger: TBLogger, fps: float = 8) -> None:
-    """TensorBoard: ``compare/<label>/psnr``, ``/ssim`` and ``/moving_psnr`` against the horizon
-    step for every world and baseline; reward / end accuracy, recall, precision and F1 (open loop
-    and teacher-forced) and frames/s at step 0; one video grid per context, ``compare/context_<i>``
-    (columns: real, then each world)."""
+def log_comparison(
+    comparison: Comparison, tb_dir: str | Path, fps: float = 8, text: str | None = None
+) -> None:
+    """TensorBoard under ``tb_dir``: one *run* per world and baseline (``tb_dir/<label>``), so that
+    their curves overlay on one chart per tag: ``compare/psnr``, ``compare/ssim`` and
+    ``compare/moving_psnr`` against the horizon step; reward / end accuracy, recall, precision
+    and F1 (open loop and teacher-forced) and frames/s at step 0. In ``tb_dir`` itself: one video
+    grid per context, ``compare/context_<i>``, its columns titled (``real``, then each world), and
+    ``text`` (e.g. the protocol and the runs compared) as a text panel."""
+    tb_dir = Path(tb_dir)
     for label in comparison.columns:
         sc = comparison.scores[label]
-        for h, (p, q, m) in enumerate(zip(sc.psnr, sc.ssim, sc.moving_psnr, strict=True), start=1):
-            logger.scalar(f"compare/{label}/psnr", p, h)
-            logger.scalar(f"compare/{label}/ssim", q, h)
-            if m is not None:
-                logger.scalar(f"compare/{label}/moving_psnr", m, h)
-        logger.scalar(f"compare/{label}/reward_accuracy", sc.reward_accuracy, 0)
-        logger.scalar(f"compare/{label}/end_accuracy", sc.end_accuracy, 0)
-        for mode, events in (("open_loop", sc.open_loop), ("teacher_forced", sc.teacher_forced)):
-            for kind in ("reward", "end"):
-                s = (events or {}).get(kind)
-                for name in ("recall", "precision", "f1"):
-                    if s is not None and _finite(s[name]):
-                        logger.scalar(f"compare/{label}/{kind}_{name}_{mode}", s[name], 0)
-        if sc.frames_per_s is not None:
-            logger.scalar(f"compare/{label}/frames_per_s", sc.frames_per_s, 0)
-    ncol = 1 + len(comparison.labels)
-    for i in range(comparison.real.shape[0]):
-        logger.video(f"compare/context_{i}", video_columns(comparison, i), 0, fps=fps, nrow=ncol)
-    logger.flush()
+        logger = TBLogger(str(tb_dir / label))
+        try:
+            for h, (p, q, m) in enumerate(
+                zip(sc.psnr, sc.ssim, sc.moving_psnr, strict=True), start=1
+            ):
+                logger.scalar("compare/psnr", p, h)
+                logger.scalar("compare/ssim", q, h)
+                if m is not None:
+                    logger.scalar("compare/moving_psnr", m, h)
+            logger.scalar("compare/reward_accuracy", sc.reward_accuracy, 0)
+            logger.scalar("compare/end_accuracy", sc.end_accuracy, 0)
+            for mode, events in (
+                ("open_loop", sc.open_loop),
+                ("teacher_forced", sc.teacher_forced),
+            ):
+                for kind in ("reward", "end"):
+                    s = (events or {}).get(kind)
+                    for name in ("recall", "precision", "f1"):
+                        if s is not None and _finite(s[name]):
+                            logger.scalar(f"compare/{kind}_{name}_{mode}", s[name], 0)
+            if sc.frames_per_s is not None:
+                logger.scalar("compare/frames_per_s", sc.frames_per_s, 0)
+        finally:
+            logger.close()
+    logger = TBLogger(str(tb_dir))
+    try:
+        ncol = 1 + len(comparison.labels)
+        titles = ["real", *comparison.labels]
+        for i in range(comparison.real.shape[0]):
+            logger.video(
+                f"compare/context_{i}", video_columns(comparison, i), 0, fps=fps, nrow=ncol,
+                titles=titles,
+            )  # fmt: skip
+        if text:
+            logger.text("compare/about", text)
+    finally:
+        logger.close()
 
 
 def write_comparison(
@@ -661,7 +684,10 @@ def write_comparison(
     ncol = 1 + len(comparison.labels)
     for i in range(comparison.real.shape[0]):
         cols = video_columns(comparison, i).numpy()  # (ncol, T, C, H, W)
-        grid = np.stack([image_grid(cols[:, t], nrow=ncol) for t in range(cols.shape[1])])
+        titles = ["real", *comparison.labels]
+        grid = np.stack(
+            [image_grid(cols[:, t], nrow=ncol, titles=titles) for t in range(cols.shape[1])]
+        )
         atomic_write_bytes(gifs / f"context_{i}.gif", encode_gif(grid, fps))
 
 

@@ -324,7 +324,9 @@ class RunSteps:
         real = batch.obs[:, t0 - 1 :]  # (N, H + 1, C, H, W), zeros after an episode ended
         fake = torch.stack(imagined, dim=1)
         pairs = torch.stack((real, fake), dim=1).flatten(0, 1)  # (2N, T, C, H, W): real, imagined
-        self.logger.video("imagination/real_vs_imagined", pairs.cpu(), step, nrow=2)
+        self.logger.video(
+            "imagination/real_vs_imagined", pairs.cpu(), step, nrow=2, titles=("real", "imagined")
+        )
         # the clip's PSNR, whole frame and moving pixels, beside copy-last's (docs/evaluation.md)
         scores = clip_scores(real, fake, batch.mask[:, t0 - 1 :])
         self.logger.scalars(scores, step, prefix="imagination/")

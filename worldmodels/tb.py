@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,32 @@ def to_uint8(images: Tensor | np.ndarray) -> np.ndarray:
     return images
 
 
-def image_grid(images: Tensor | np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """``(N, C, H, W)`` -> one ``(C, H', W')`` uint8 image, ``nrow`` images per row, white gaps."""
+TITLE_HEIGHT = 11
+"""Pixels of the title strip ``image_grid`` draws above its columns (text about 8 pixels high)."""
+
+
+def _title_strip(titles: Sequence[str], ncol: int, w: int, pad: int, width: int) -> np.ndarray:
+    """``(3, TITLE_HEIGHT, width)`` uint8: each column's title in black on white, cut to fit."""
+    import cv2
+
+    strip = np.full((TITLE_HEIGHT, width, 3), 255, dtype=np.uint8)
+    font, scale = cv2.FONT_HERSHEY_PLAIN, 0.7
+    for k, title in enumerate(list(titles)[:ncol]):
+        text = str(title)
+        while text and cv2.getTextSize(text, font, scale, 1)[0][0] > w:
+            text = text[:-1]  # as much of the title as fits over its column
+        x = pad + k * (w + pad)
+        cv2.putText(strip, text, (x, TITLE_HEIGHT - 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip.transpose(2, 0, 1)
+
+
+def image_grid(
+    images: Tensor | np.ndarray, nrow: int | None = None, pad: int = 2,
+    titles: Sequence[str] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``(N, C, H, W)`` -> one ``(C, H', W')`` uint8 image, ``nrow`` images per row, white gaps;
+    with ``titles`` (one per column), a strip of ``TITLE_HEIGHT`` pixels above the grid names each
+    column (e.g. ``real``, then each world)."""
     images = to_uint8(images)
     if images.ndim != 4:
         raise ValueError(f"image_grid expects (N, C, H, W), got shape {tuple(images.shape)}")
@@ -50,6 +74,8 @@ def image_grid(images: Tensor | np.ndarray, nrow: int | None = None, pad: int = 
         r, k = divmod(i, ncol)
         y, x = pad + r * (h + pad), pad + k * (w + pad)
         grid[:, y : y + h, x : x + w] = images[i]
+    if titles is not None:
+        grid = np.concatenate((_title_strip(titles, ncol, w, pad, grid.shape[2]), grid), axis=1)
     return grid
 
 
@@ -99,20 +125,25 @@ class TBLogger:
         """One ``(C, H, W)`` image (uint8, or float in ``[-1, 1]``)."""
         self.writer.add_image(tag, to_uint8(image), step, dataformats="CHW")
 
-    def images(self, tag: str, images: Tensor | np.ndarray, step: int, nrow: int | None = None):
-        """A grid of ``(N, C, H, W)`` images."""
-        self.writer.add_image(tag, image_grid(images, nrow), step, dataformats="CHW")
+    def images(
+        self, tag: str, images: Tensor | np.ndarray, step: int, nrow: int | None = None,
+        titles: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
+        """A grid of ``(N, C, H, W)`` images (columns titled by ``titles``)."""
+        self.writer.add_image(tag, image_grid(images, nrow, titles=titles), step, dataformats="CHW")
 
     def video(
         self, tag: str, frames: Tensor | np.ndarray, step: int, fps: float = 15,
-        nrow: int | None = None,
+        nrow: int | None = None, titles: Sequence[str] | None = None,
     ) -> None:  # fmt: skip
         """``(T, C, H, W)`` one clip, or ``(N, T, C, H, W)`` clips played together as a grid of
-        ``nrow`` clips per row (default: all in one row)."""
+        ``nrow`` clips per row (default: all in one row), each column titled by ``titles``."""
         frames = to_uint8(frames)
         if frames.ndim == 5:
             n = nrow or frames.shape[0]
-            frames = np.stack([image_grid(frames[:, t], nrow=n) for t in range(frames.shape[1])])
+            frames = np.stack(
+                [image_grid(frames[:, t], nrow=n, titles=titles) for t in range(frames.shape[1])]
+            )
         if frames.ndim != 4 or frames.shape[0] == 0:
             raise ValueError(f"video expects (T, C, H, W) or (N, T, C, H, W), got {frames.shape}")
         if frames.shape[1] == 1:

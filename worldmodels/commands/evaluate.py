@@ -108,7 +108,6 @@ def compare_main(args) -> int:
     from worldmodels.envs.atari_config import AtariConfig
     from worldmodels.runs import RunDir, check_name, versions
     from worldmodels.seeding import derive_seed
-    from worldmodels.tb import TBLogger
 
     _refuse_flags(
         args, "compare",
@@ -219,11 +218,16 @@ def compare_main(args) -> int:
         {"argv": sys.argv, "device": str(device), "env_spec": spec, "versions": ver,
          "command": "compare"}
     )  # fmt: skip
-    logger = TBLogger(str(out.tb))
-    try:
-        log_comparison(comparison, logger)
-    finally:
-        logger.close()
+    about = "\n".join(
+        [f"**{base.env.game}**, protocol `{base.env.protocol}`, {args.contexts} held-out contexts "
+         f"x {args.horizon} steps, seed {seed}", "", "| column | run | checkpoint | env steps |",
+         "|---|---|---|---|"]
+        + [f"| {i['label']} | {i['run']} | {Path(i['checkpoint']).name} | {i['env_steps']} |"
+           for i in inputs]
+        + ["", "| protocol value | |", "|---|---|"]
+        + [f"| {k} | {v} |" for k, v in base.env.protocol_values().items()]
+    )  # fmt: skip
+    log_comparison(comparison, out.tb, text=about)
     write_comparison(
         comparison, out.root,
         meta={

@@ -93,6 +93,24 @@ def fresh_config(args):
     return cfg, run
 
 
+def run_summary(cfg) -> str:
+    """The TensorBoard text panel of a run: what it trains, at which scale, under which protocol."""
+    s = cfg.schedule
+    world = "none" if cfg.world is None else cfg.world.name
+    lines = [
+        f"**{cfg.env.game}**: world `{world}`, agent `{cfg.agent.name}`, preset `{cfg.preset}`, "
+        f"seed {cfg.run.seed}",
+        "",
+        f"{s.epochs} epochs, {s.env_steps_budget:,} real steps at most "
+        f"({s.initial_collect_steps:,} collected first), {cfg.eval.episodes} final test episodes",
+        "",
+        f"| protocol `{cfg.env.protocol}` | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in cfg.env.protocol_values().items()),
+    ]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     from worldmodels.registry import load_plugins
@@ -165,6 +183,7 @@ def main(argv=None) -> int:
              "precision": precision_choice(cfg.run, device)[1], "versions": ver}
         )  # fmt: skip
         if not args.resume:
+            logger.text("run", run_summary(cfg))
             logger.text("config", "```\n" + C.dump(cfg) + "\n```")
             print(f"run directory: {run.root}")
         started = True
