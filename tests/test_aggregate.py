@@ -3,6 +3,7 @@ DIAMOND aggregates as their papers report them, results.json loading, protocol r
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from worldmodels.aggregate import (
     bootstrap_samples,
     build_table,
     format_table,
+    group_by_protocol,
     iqm,
     load_results,
     published_hns,
@@ -161,6 +163,14 @@ def test_different_protocols_are_refused(tmp_path):
         build_table(records)
 
 
+def test_results_are_grouped_by_the_protocols_that_can_be_aggregated(tmp_path):
+    sticky = {**PROTOCOL, "sticky_action_prob": 0.25}
+    dirs = [_write(tmp_path / "a", "Breakout", 0, 1.0), _write(tmp_path / "b", "Pong", 0, 1.0,
+            protocol=sticky), _write(tmp_path / "c", "Pong", 1, 2.0)]  # fmt: skip
+    groups = group_by_protocol(load_results(dirs)[0])
+    assert [[Path(r["_path"]).parent.name for r in g] for g in groups] == [["a", "c"], ["b"]]
+
+
 def _with_lengths(d, lengths):
     rec = json.loads((d / "results.json").read_text())
     rec["lengths"] = lengths
@@ -204,7 +214,12 @@ def test_evaluate_table_cli(tmp_path):
     assert "no results.json" in res.stderr  # runs/ itself: warned about, skipped
     table = json.loads((tmp_path / "t.json").read_text())
     assert table["bootstrap"]["reps"] == 100 and len(table["inputs"]) == 4
+    # results of a protocol that changes the returns are never mixed in: tabled apart
     _write(tmp_path / "m", "Pong", 3, 1.0, protocol={**PROTOCOL, "frame_skip": 5})
-    res = run("evaluate.py", "--table", *dirs, tmp_path / "m", cwd=tmp_path, check=False)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(lines) == 1 and "frame_skip (4 vs 5)" in lines[0], res.stderr
+    res = run("evaluate.py", "--table", *dirs, tmp_path / "m", "--out", tmp_path / "t2.json",
+              cwd=tmp_path)  # fmt: skip
+    assert "2 env protocols that cannot be aggregated together" in res.stdout
+    assert "== table 2 of 2: 1 results" in res.stdout and "'frame_skip': 5" in res.stdout
+    both = json.loads((tmp_path / "t2.json").read_text())["tables"]
+    assert [len(t["inputs"]) for t in both] == [4, 1]
+    assert both[1]["protocol"]["frame_skip"] == 5

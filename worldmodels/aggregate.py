@@ -47,6 +47,7 @@ __all__ = [
     "difference_ci",
     "mean_ci",
     "format_table",
+    "group_by_protocol",
     "iqm",
     "load_results",
     "published_hns",
@@ -271,6 +272,23 @@ def check_protocols(records: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any
             note = f"{first['_path']} and {rec['_path']} differ in {x}: does not change the returns"
             notes.append(note)
     return dict(base), notes
+
+
+def group_by_protocol(records: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """``records`` split into groups that ``check_protocols`` accepts, in first-seen order: each
+    record joins the first group it can be aggregated with, else starts one."""
+    groups: list[list[Mapping[str, Any]]] = []
+    for rec in records:
+        for group in groups:
+            try:
+                check_protocols([*group, rec])
+            except UserError:
+                continue
+            group.append(rec)
+            break
+        else:
+            groups.append([rec])
+    return groups
 
 
 def _method(rec: Mapping[str, Any]) -> str:

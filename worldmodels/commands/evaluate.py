@@ -249,7 +249,7 @@ def compare_main(args) -> int:
 
 def table_main(args) -> int:
     """``--table``: results.json files -> ``worldmodels.aggregate`` -> printed table + JSON."""
-    from worldmodels.aggregate import build_table, format_table, load_results
+    from worldmodels.aggregate import build_table, format_table, group_by_protocol, load_results
     from worldmodels.fileio import atomic_write_json
 
     _refuse_flags(
@@ -262,17 +262,34 @@ def table_main(args) -> int:
     records, warnings = load_results(args.table)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    table = build_table(records, reps=args.bootstrap, seed=0 if args.seed is None else args.seed)
-    for note in table["protocol_notes"]:
-        print(f"note: {note}")
-    for w in table["warnings"]:
-        print(f"warning: {w}", file=sys.stderr)
-    table["inputs"] = [r["_path"] for r in records]
-    table["skipped"] = warnings
+    if not records:
+        raise UserError("no results to aggregate: give run directories or results.json files")
+    groups = group_by_protocol(records)
+    if len(groups) > 1:  # e.g. smoke runs beside full ones: never mixed, each tabled apart
+        print(
+            f"note: these results follow {len(groups)} env protocols that cannot be aggregated "
+            "together (values that change a game's return differ): one table each"
+        )
+    seed = 0 if args.seed is None else args.seed
+    tables = []
+    for group in groups:
+        table = build_table(group, reps=args.bootstrap, seed=seed)
+        for note in table["protocol_notes"]:
+            print(f"note: {note}")
+        for w in table["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
+        table["inputs"] = [r["_path"] for r in group]
+        table["skipped"] = warnings
+        tables.append(table)
     out = Path(args.out or Path("runs") / f"table-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, table)
-    print(format_table(table))
+    atomic_write_json(out, tables[0] if len(tables) == 1 else {"tables": tables})
+    for i, table in enumerate(tables):
+        if len(tables) > 1:
+            diffs = {k: v for k, v in table["protocol"].items() if k in ("max_episode_frames",
+                     "sticky_action_prob", "frame_skip", "full_action_space", "noop_max")}  # fmt: skip
+            print(f"\n== table {i + 1} of {len(tables)}: {len(table['inputs'])} results, {diffs}")
+        print(format_table(table))
     print(f"wrote {out}")
     return 0
 
