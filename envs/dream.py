@@ -35,6 +35,13 @@ For agents that burn in a recurrent state on the real frames before the first im
 the spares that replace finished rows (the last context frame is the first observation itself;
 with ``spares="shared"`` they are the very same tensors as ``context_*``). The agent's view of the
 context frames is computed only if an agent reads ``context_obs`` or ``next_context_obs``.
+
+Frames for videos. With ``keep_frames = True`` (set it before ``reset()``) ``frames`` holds the
+rows' current imagined frames ``(B, C, H, W)`` uint8 after every ``reset`` and ``step``: for a
+pixels dream, the observations themselves (no extra work); for a features dream, the frames the
+world renders (``imagine_step(render=True)``: one decode per step, and only without
+``capture``). ``reseed(seed)`` makes the next ``reset()`` and the steps after it repeat
+(``envs/sb3_vec.py`` and ``worldmodels/gym_envs.py`` seed through it).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -207,6 +215,7 @@ class DreamEnv:
         why = capture_refusal(world) if graphs or capture is not None else None
         if why is not None:
             raise ValueError(f"{type(world).__name__}'s imagination cannot be captured: {why}")
+        self._captured = capture is not None
         wrap = capture or (lambda fn, name: fn)
         self._step_fn = wrap(self._static_step, "imagine_step")
         self._refresh_fn = wrap(self._static_refresh, "imagine_refresh")
@@ -219,6 +228,20 @@ class DreamEnv:
         # they cover, for the run's "imagined beside real" curves (take_imagined_stats).
         self._imagined_sums = torch.zeros(2, device=self.device)
         self._imagined_steps = 0
+        self.keep_frames = False
+        """Keep the rows' current frames in ``frames`` (module docstring, "Frames for videos")."""
+        self.frames: Tensor | None = None
+        self._spare_frames: Tensor | None = None
+        self._rendered: Tensor | None = None  # the last imagine_step's frames, with keep_frames
+
+    def reseed(self, seed: int) -> None:
+        """Make what follows repeat: reseeds the context sampler, torch's global RNG (which the
+        worlds sample from) and, if the world defines ``reseed(seed)``, its own generators."""
+        self.sampler.load_state_dict({"rng": np.random.PCG64(seed).state})
+        torch.manual_seed(seed)
+        world_seed = contract.reseed(self.world)
+        if world_seed is not None:
+            world_seed(seed)
 
     @property
     def starts_per_reset(self) -> int:
@@ -242,8 +265,14 @@ class DreamEnv:
                 f"reset needs {self.starts_per_reset} contexts, got {ctx.obs.shape[0]}"
             )
         with torch.no_grad(), autocast(self.device, self.amp):
-            state, obs = self.world.imagine_start(ctx.obs, ctx.act, ctx.mask)
-            obs = self._observed(state, obs)
+            state, frames = self.world.imagine_start(ctx.obs, ctx.act, ctx.mask)
+            obs = self._observed(state, frames)
+        if self.keep_frames:
+            self.frames = frames[:b].clone()
+            if self._features is not None:
+                self._check_keep_frames()
+                fresh = self.spares == "fresh"
+                self._spare_frames = frames[b : 2 * b] if fresh else frames[:b].clone()
         self._state = _rows(state, slice(0, b))
         first = _rows(ctx._asdict(), slice(0, b))
         if self.spares == "fresh":
@@ -281,9 +310,12 @@ class DreamEnv:
     def _imagine(self, state: dict[str, Any], t: Tensor, action: Tensor) -> tuple:
         with torch.no_grad():
             with autocast(self.device, self.amp):
+                keep = self.keep_frames and self._features is not None  # eager only
                 state, obs, reward, end = self.world.imagine_step(
-                    state, action, render=self.observes == "pixels"
+                    state, action, render=self.observes == "pixels" or keep
                 )
+                if keep:  # a copy: the state may hold this tensor
+                    self._rendered = None if obs is None else obs.clone()
                 obs = self._observed(state, obs)
             t = t + 1
             trunc = (t >= self.horizon) & ~end
@@ -310,6 +342,30 @@ class DreamEnv:
         with torch.no_grad(), autocast(self.device, self.amp):
             assert self._refresh_world is not None
             return self._refresh_world(state)
+
+    def _check_keep_frames(self) -> None:
+        if self._captured:
+            raise ValueError(
+                "keep_frames in a features dream needs an eager DreamEnv (no capture or graphs)"
+            )
+
+    def _keep_frames(self, done: Tensor, next_obs: Tensor) -> None:
+        """``frames`` after a step: the observations (pixels), or the rendered frames with the
+        spares' first frames where done (features)."""
+        if self._features is None:
+            self.frames = next_obs
+            return
+        self._check_keep_frames()
+        if self._spare_frames is None:
+            raise RuntimeError("set keep_frames before reset(), not between steps")
+        if self._rendered is None:
+            raise ValueError(
+                f"{type(self.world).__name__} renders no frames (imagine_step(render=True) "
+                "returned None): nothing to show"
+            )
+        rows = done.view(-1, *([1] * (self._rendered.ndim - 1)))
+        self.frames = torch.where(rows, self._spare_frames, self._rendered)
+        self._rendered = None
 
     def take_imagined_stats(self) -> dict[str, float] | None:
         """``reward_per_step`` and ``end_rate`` over the row-steps taken by ``step`` since the last
@@ -349,6 +405,8 @@ class DreamEnv:
             )
         self._state, self._t = state, t
         self._steps += 1
+        if self.keep_frames:
+            self._keep_frames(end | trunc, next_obs)
         self._imagined_sums += torch.stack((reward.float().sum(), end.float().sum()))
         self._imagined_steps += self.num_envs
         # Copies: a captured step overwrites its outputs at the next call, and an agent may

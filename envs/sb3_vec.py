@@ -10,7 +10,9 @@ what SB3 expects of a custom vector env (see docs/agents.md, "stable-baselines3 
   info carries ``terminal_observation`` (the true last frame, the dream's ``final_obs``);
   ``TimeLimit.truncated`` is set on every row, True where the horizon cut the trajectory (as
   SB3's ``DummyVecEnv`` does), so SB3 bootstraps from the terminal observation's value there;
-* seeding through ``VecEnv.seed`` / ``self._seeds``, honoured at the next ``reset()``.
+* seeding through ``VecEnv.seed`` / ``self._seeds``, honoured at the next ``reset()``;
+* ``rgb_array`` rendering (``get_images()``, ``render()``), so SB3's ``VecVideoRecorder`` records
+  the imagined trajectories: see ``DreamVecEnv``'s ``render_mode``.
 
 Device -> host traffic: ONE copy per ``step`` (and per ``reset``). The step's results (reward,
 observation, final observation, terminated, truncated) are flattened to bytes, concatenated on
@@ -68,6 +70,34 @@ def to_host(tensors: Sequence[Tensor]) -> list[np.ndarray]:
     return out
 
 
+RENDER_MODES = ("auto", "rgb_array", None)
+
+
+def render_mode_of(dream: DreamEnv, render_mode: str | None) -> str | None:
+    """``"rgb_array"`` or None; ``"auto"``: ``"rgb_array"`` for a pixels dream (free: its frames
+    are its observations), None for a features dream (rendering decodes a frame every step).
+    ``"rgb_array"`` turns on ``dream.keep_frames``."""
+    if render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode must be 'auto', 'rgb_array' or None, got {render_mode!r}")
+    if render_mode == "auto":
+        render_mode = "rgb_array" if dream.observes == "pixels" else None
+    if render_mode == "rgb_array":
+        dream.keep_frames = True
+    return render_mode
+
+
+def rgb_frames(dream: DreamEnv) -> np.ndarray:
+    """The dream's current frames as ``(N, H, W, 3)`` uint8 numpy (grey frames repeated to RGB)."""
+    if dream.frames is None:
+        raise RuntimeError(
+            "no frames to render: call reset() first (with keep_frames on: render_mode='rgb_array')"
+        )
+    frames = dream.frames.permute(0, 2, 3, 1)
+    if frames.shape[-1] == 1:
+        frames = frames.expand(-1, -1, -1, 3)
+    return frames.contiguous().cpu().numpy()
+
+
 def observation_space_of(dream: DreamEnv) -> spaces.Box:
     """uint8 ``Box(0, 255, (C, H, W))`` frames, or float32 ``Box(-inf, inf, (D,))`` features."""
     if dream.observes == "features":
@@ -85,15 +115,24 @@ class DreamVecEnv(VecEnv):
 
     ``reset() -> obs``; ``step(actions (N,) int) -> (obs, rewards (N,) float32, dones (N,) bool,
     infos)``. Observations follow ``observation_space`` (see ``observation_space_of``).
+
+    ``render_mode``: ``"auto"`` (default: ``"rgb_array"`` for a pixels dream, None for a features
+    dream), ``"rgb_array"`` (a features dream then renders the world's imagined frames, one decode
+    per step) or None. With ``"rgb_array"``, ``get_images()`` gives each row's current frame
+    ``(H, W, 3)`` uint8 and ``render()`` tiles them; ``metadata["render_fps"]`` is ``render_fps``
+    (15: Atari's 60 Hz at the protocol's frame skip of 4), the rate ``VecVideoRecorder`` writes at.
     """
 
-    def __init__(self, dream: DreamEnv) -> None:
+    def __init__(
+        self, dream: DreamEnv, *, render_mode: str | None = "auto", render_fps: float = 15
+    ) -> None:
         self.dream = dream
-        # Read by VecEnv.__init__ through get_attr: imagined trajectories are not rendered.
-        self.render_mode: str | None = None
+        # Read by VecEnv.__init__ through get_attr.
+        self.render_mode: str | None = render_mode_of(dream, render_mode)
         super().__init__(
             dream.num_envs, observation_space_of(dream), spaces.Discrete(dream.num_actions)
         )
+        self.metadata: dict[str, Any] = {**self.metadata, "render_fps": render_fps}
         self._actions: Tensor | None = None
 
     # ------------------------------------------------------------------------------ stepping
@@ -101,26 +140,19 @@ class DreamVecEnv(VecEnv):
     def reset(self) -> VecEnvObs:
         """Start every row from a fresh real context; applies the seed set by ``seed()``, if any.
 
-        Seeding reseeds the dream's context sampler, torch's global RNG (which worlds sample
-        from; SB3's own ``set_random_seed`` seeds it too) and, if the world defines
-        ``reseed(seed)``, the world's own generators. The ``N`` rows share one seed, ``_seeds[0]``."""
+        Seeding (``DreamEnv.reseed``) reseeds the dream's context sampler, torch's global RNG
+        (which worlds sample from; SB3's own ``set_random_seed`` seeds it too) and, if the world
+        defines ``reseed(seed)``, the world's own generators. The ``N`` rows share one seed,
+        ``_seeds[0]``."""
         seed = self._seeds[0]
         if seed is not None:
-            self._seed_dream(int(seed))
+            self.dream.reseed(int(seed))
         obs, _ = self.dream.reset()
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [{} for _ in range(self.num_envs)]
         (obs_np,) = to_host([self._as_observed(obs)])
         return obs_np
-
-    def _seed_dream(self, seed: int) -> None:
-        dream = self.dream
-        dream.sampler.load_state_dict({"rng": np.random.PCG64(seed).state})
-        torch.manual_seed(seed)
-        world_seed = contract.reseed(dream.world)
-        if world_seed is not None:
-            world_seed(seed)
 
     def step_async(self, actions: np.ndarray) -> None:
         host = torch.from_numpy(np.asarray(actions, dtype=np.int64).reshape(self.num_envs))  # (N,)
@@ -153,6 +185,14 @@ class DreamVecEnv(VecEnv):
     def _as_observed(self, obs: Tensor) -> Tensor:
         """Frames stay uint8; features become float32 (a bf16 world under autocast)."""
         return obs.float() if self.dream.observes == "features" else obs
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """Each row's current imagined frame ``(H, W, 3)`` uint8 (``render_mode="rgb_array"``)."""
+        if self.render_mode != "rgb_array":
+            raise ValueError(
+                f"get_images() needs render_mode='rgb_array' (this DreamVecEnv has {self.render_mode!r})"
+            )
+        return list(rgb_frames(self.dream))
 
     def close(self) -> None:
         """Nothing to release: the dream belongs to the caller."""

@@ -89,7 +89,9 @@ def check_vec_env(venv: DreamVecEnv, steps: int = 24) -> None:
             # CnnPolicy takes channel-first frames as they are: SB3 adds no VecTransposeImage.
             assert is_image_space_channels_first(obs_space)
             assert PPO._wrap_env(venv) is venv
-    assert venv.render_mode is None and venv.get_attr("render_mode") == [None] * n
+    # "auto": a pixels dream renders its frames (they are its observations), a features one not
+    mode = "rgb_array" if venv.dream.observes == "pixels" else None
+    assert venv.render_mode == mode and venv.get_attr("render_mode") == [mode] * n
     assert venv.env_is_wrapped(object) == [False] * n
 
     def check_obs(obs, what):
