@@ -45,9 +45,9 @@ from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvStepReturn,
 )
 from torch import Tensor
-from worldmodels.envs.dream import DreamEnv
 
 from worldmodels import contract
+from worldmodels.envs.dream import DreamEnv
 
 _NUMPY_DTYPES = {torch.uint8: np.uint8, torch.bool: np.bool_, torch.float32: np.float32}
 

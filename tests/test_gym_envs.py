@@ -17,10 +17,10 @@ from gymnasium.wrappers import RecordEpisodeStatistics
 from gymnasium.wrappers.vector import RecordEpisodeStatistics as VectorRecordEpisodeStatistics
 from stable_baselines3.common.vec_env import DummyVecEnv, VecVideoRecorder
 
-from envs.dream import DreamEnv
-from envs.sb3_vec import DreamVecEnv
-from envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels import config as C
+from worldmodels.envs.dream import DreamEnv
+from worldmodels.envs.sb3_vec import DreamVecEnv
+from worldmodels.envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels.gym_envs import DreamVectorEnv, RealVectorEnv, SingleEnv
 from worldmodels.interfaces import EnvInfo
 

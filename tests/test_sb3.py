@@ -7,18 +7,18 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import worldmodels.agents.sb3  # noqa: F401  (registers sb3_ppo, sb3_a2c, sb3_dqn)
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import _check_image_input, _check_unsupported_spaces
 from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.vec_env import VecCheckNan, VecEnv
+
+import worldmodels.agents.sb3  # noqa: F401  (registers sb3_ppo, sb3_a2c, sb3_dqn)
 from worldmodels.agents.sb3 import SB3Agent
+from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.envs.dream import DreamEnv
 from worldmodels.envs.sb3_vec import DreamVecEnv
 from worldmodels.envs.testing import BanditWorld, LinearFeatureWorld, random_store
-
-from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.errors import UserError
 from worldmodels.interfaces import Agent, EnvInfo
 from worldmodels.registry import AGENTS

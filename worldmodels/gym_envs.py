@@ -56,10 +56,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.atari import Mode, make_atari_env
-from envs.atari_config import AtariConfig
-from envs.dream import DreamEnv
-from envs.sb3_vec import observation_space_of, rgb_frames, to_host
+from worldmodels.envs.atari import Mode, make_atari_env
+from worldmodels.envs.atari_config import AtariConfig
+from worldmodels.envs.dream import DreamEnv
+from worldmodels.envs.sb3_vec import observation_space_of, rgb_frames, to_host
 
 RENDER_MODES = (None, "rgb_array")
 
