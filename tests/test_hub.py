@@ -201,6 +201,50 @@ def test_export_main_exit_codes(run_dir, tmp_path, capsys):
     assert err.count("\n") == 0 and "is not an empty directory" in err
 
 
+@pytest.mark.parametrize("world", ["iris", "vae", None])
+def test_every_kind_of_run_exports_and_loads(world, tmp_path):
+    """IRIS (pixels through its tokenizer), VAE + CMA-ES (an agent that observes features) and a
+    run without a world (the random agent: no weights at all)."""
+    args = ["--world", world] if world else ["--env", "Pong"]
+    rc, _, err = call("train.py", *args, "--preset", "test", "--name", "r",
+                      "--set", f"run.runs_dir={tmp_path}")  # fmt: skip
+    assert rc == 0, err
+    out = export(tmp_path / "r", tmp_path / "e")
+    names = {p.name for p in out.iterdir()}
+    assert names == (
+        EXPORTED if world else EXPORTED - {"world.safetensors", "contexts.safetensors"}
+    )
+    m = load(out)
+    if world is None:
+        assert m.world is None
+        with pytest.raises(UserError, match="has no world"):
+            m.dream()
+        env = m.make_env("test", 1)
+        obs, _ = env.reset(seed=0)
+        actions, _ = m.agent.act(
+            obs, m.agent.initial_state(1, m.device), torch.ones(1, dtype=torch.bool)
+        )
+        assert actions.shape == (1,)
+        return
+    dream = m.dream()
+    assert dream.observes == m.agent.observes
+    if m.agent.observes == "pixels":
+        step_dream(m, dream)
+    else:
+        _step_features(m, dream)
+
+
+def _step_features(m: hub.Loaded, dream) -> None:
+    obs, _ = dream.reset()
+    assert m.env_info.feature_dim and obs.shape == (dream.num_envs, m.env_info.feature_dim)
+    state = m.agent.initial_state(dream.num_envs, m.device)
+    first = torch.ones(dream.num_envs, dtype=torch.bool)
+    for _ in range(3):
+        actions, state = m.agent.act(obs, state, first)
+        obs, _, term, trunc, _ = dream.step(actions)
+        first = term | trunc
+
+
 # ------------------------------------------------------------------ bad inputs
 
 

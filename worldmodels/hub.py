@@ -294,15 +294,21 @@ def _config(path: Path, trust_plugins: bool) -> C.Config:
     return C.load_run_config(path)
 
 
-def _build(cfg: C.Config, env_info: EnvInfo, device: torch.device) -> tuple[Any, Any]:
+def _build(cfg: C.Config, env_info: EnvInfo, device: torch.device) -> tuple[Any, Any, EnvInfo]:
+    """The world (or None), the agent, and the ``EnvInfo`` the agent was built with (with the
+    world's ``feature_dim`` where it has features)."""
     from worldmodels.build import build_world_and_agent
 
     try:
-        return build_world_and_agent(
+        world, agent = build_world_and_agent(
             cfg.world, cfg.agent, env_info, seed=cfg.run.seed, device=device
         )
     except ValueError as exc:  # a component refusing its settings or its env
         raise UserError(f"cannot build the world and agent: {exc}") from None
+    dim = None if world is None else contract.feature_dim(world)
+    if dim is not None:
+        env_info = dataclasses.replace(env_info, feature_dim=dim)
+    return world, agent, env_info
 
 
 def _env_info(spec: Mapping[str, Any], where: Path) -> EnvInfo:
@@ -403,12 +409,12 @@ def _load_run(
     results = _read_json(root / RESULTS_FILE) if (root / RESULTS_FILE).exists() else None
     spec = _run_env_spec(root, results)
     env_info = _env_info(spec, root) if spec else _real_env_info(cfg)
-    world, agent = _build(cfg, env_info, device)
+    world, agent, env_info = _build(cfg, env_info, device)
     modules = {"agent": agent} if world is None else {"agent": agent, "world": world}
     for name, module in modules.items():
         prefix = f"{name}."
         own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if not own:
+        if name not in meta.get("modules", [name]):
             raise UserError(f"checkpoint {ckpt} holds no weights for the {name}")
         _fill(module, own, name, ckpt / WEIGHTS)
         module.eval()
@@ -467,7 +473,7 @@ def _load_export(root: Path, device: torch.device, trust: bool) -> Loaded:
     if not isinstance(spec, dict):
         raise UserError(f"{root / ENV_SPEC_FILE} is corrupt: not a JSON object")
     env_info = _env_info(spec, root / ENV_SPEC_FILE)
-    world, agent = _build(cfg, env_info, device)
+    world, agent, env_info = _build(cfg, env_info, device)
     modules = {"agent": (agent, AGENT_FILE)}
     if world is not None:
         modules["world"] = (world, WORLD_FILE)
