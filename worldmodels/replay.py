@@ -263,15 +263,32 @@ class ReplayStore:
         if self.directory is not None:
             self._open(self.directory)
 
+    @classmethod
+    def read_only(cls, directory: str | Path) -> ReplayStore:
+        """A memory-only store holding the episodes of ``directory``, read without writing
+        anything there (no directory made, temp files of interrupted writes left alone): for
+        looking into a run another process may own. A missing directory gives an empty store."""
+        store = cls(None)
+        directory = Path(directory)
+        if directory.exists():
+            store._read(directory)
+        return store
+
     def _open(self, directory: Path) -> None:
         if directory.exists() and not directory.is_dir():
             raise UserError(f"replay directory {directory} exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
-        indices = []
         for p in directory.iterdir():
             if _TEMP_FILE.match(p.name):
                 p.unlink(missing_ok=True)  # a write that never reached os.replace
-                continue
+        self._read(directory)
+
+    def _read(self, directory: Path) -> None:
+        """Index every episode file of ``directory`` in order (reads only)."""
+        if not directory.is_dir():
+            raise UserError(f"replay directory {directory} exists and is not a directory")
+        indices = []
+        for p in directory.iterdir():
             m = _EPISODE_FILE.match(p.name)
             if m and p.name == _episode_name(int(m.group(1))):
                 indices.append(int(m.group(1)))
