@@ -50,9 +50,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from envs.dream import DreamEnv
 from worldmodels import config as C
 from worldmodels import contract
+from worldmodels.envs.dream import DreamEnv
 from worldmodels.errors import UserError
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.replay import ReplayStore
