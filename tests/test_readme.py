@@ -65,4 +65,10 @@ def test_every_readme_command_that_fits_on_a_cpu_works_as_written(tmp_path):
             key = "random" if world is None else world.group(1)
             made.setdefault(key, tmp_path / found.group(1))
     assert {"diffusion", "iris", "vae", "random"} <= made.keys()
+    assert (tmp_path / "exported" / "demo" / "world.safetensors").exists()
+    # the README's Python block, on the folder its export line wrote
+    block = (ROOT / "README.md").read_text().split("```python", 1)[1].split("```", 1)[0]
+    res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
     print({k: round(v, 1) for k, v in seconds.items()})
