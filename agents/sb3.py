@@ -59,8 +59,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecMonitor
 from torch import Tensor, nn
-from worldmodels.envs.sb3_vec import DreamVecEnv
 
+from worldmodels.envs.sb3_vec import DreamVecEnv
 from worldmodels.errors import UserError, choices
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.sampling import epsilon_greedy, sample_categorical

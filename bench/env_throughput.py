@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+
 from worldmodels.envs.atari import make_atari_env
 from worldmodels.envs.atari_config import AtariConfig
 

@@ -32,12 +32,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worldmodels.envs.dream import DreamEnv  # noqa: E402
-from worldmodels.envs.testing import random_store  # noqa: E402
-
 from worldmodels import config as C  # noqa: E402
 from worldmodels.build import build_world_and_agent, compile_hot_modules  # noqa: E402
 from worldmodels.cli import precision_choice, resolve_device  # noqa: E402
+from worldmodels.envs.dream import DreamEnv  # noqa: E402
+from worldmodels.envs.testing import random_store  # noqa: E402
 from worldmodels.interfaces import EnvInfo  # noqa: E402
 from worldmodels.nn.blocks import count_parameters  # noqa: E402
 from worldmodels.training import StageTrainer, autocast  # noqa: E402

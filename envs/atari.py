@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv as _AleVectorEnv
-from worldmodels.envs.atari_config import AtariConfig
 
+from worldmodels.envs.atari_config import AtariConfig
 from worldmodels.errors import UserError, choices
 from worldmodels.scores import reference_scores
 

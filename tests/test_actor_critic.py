@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+
 from worldmodels.agents.actor_critic import ActorCritic, lambda_returns
+from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.envs.dream import DreamEnv
 from worldmodels.envs.testing import BanditWorld, random_store
-
-from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.blocks import count_parameters
 from worldmodels.registry import AGENTS

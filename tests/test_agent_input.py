@@ -1,11 +1,11 @@
 """What agents see of the real game: an agent that ignores its observations runs no world."""
 
 import torch
+
+from worldmodels.agent_input import AgentInput
 from worldmodels.agents.actor_critic import ActorCritic
 from worldmodels.agents.random import RandomAgent
 from worldmodels.envs.testing import BanditWorld
-
-from worldmodels.agent_input import AgentInput
 from worldmodels.interfaces import EnvInfo
 
 ENV = EnvInfo(num_actions=4, obs_shape=(3, 16, 16))

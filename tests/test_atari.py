@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from worldmodels.envs.atari import (
     ATARI100K_GAMES,
     AtariVecEnv,
@@ -19,7 +20,6 @@ from worldmodels.envs.atari import (
     resolve_game,
 )
 from worldmodels.envs.atari_config import AtariConfig
-
 from worldmodels.errors import UserError
 
 MACHADO = AtariConfig(

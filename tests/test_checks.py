@@ -9,12 +9,12 @@ import pytest
 import torch
 from examples_inproc import load_example
 from torch import nn
-from worldmodels.agents.random import RandomAgent
-from worldmodels.envs.testing import BanditWorld
 
 from worldmodels import contract
+from worldmodels.agents.random import RandomAgent
 from worldmodels.checks import check_agent, check_world
 from worldmodels.contract import ContractError
+from worldmodels.envs.testing import BanditWorld
 from worldmodels.interfaces import EnvInfo
 from worldmodels.registry import AGENTS
 from worldmodels.training import StageTraining

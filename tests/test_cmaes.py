@@ -4,11 +4,11 @@ per generation, first-episode fitness, checkpoint continuation, shapes, the real
 import numpy as np
 import pytest
 import torch
+
 from worldmodels.agents.cmaes import CMAESAgent, controller_scores, num_params
+from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.envs.dream import DreamEnv
 from worldmodels.envs.testing import LinearFeatureVecEnv, LinearFeatureWorld, random_store
-
-from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.interfaces import EnvInfo
 
 torch.set_num_threads(1)

@@ -1,6 +1,7 @@
 """DreamEnv: shapes, dtypes, horizon truncation and same-step auto-reset, generic over worlds."""
 
 import torch
+
 from worldmodels.envs.dream import DreamEnv, where_rows
 from worldmodels.envs.testing import BanditWorld, random_store
 

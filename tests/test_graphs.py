@@ -14,12 +14,12 @@ import dataclasses
 import pytest
 import torch
 import torch._dynamo
-from worldmodels.agents.actor_critic import ActorCritic
-from worldmodels.envs.dream import DreamEnv
-from worldmodels.envs.testing import BanditWorld, random_store
 
 from worldmodels import config as C
+from worldmodels.agents.actor_critic import ActorCritic
 from worldmodels.build import build_world
+from worldmodels.envs.dream import DreamEnv
+from worldmodels.envs.testing import BanditWorld, random_store
 from worldmodels.errors import UserError
 from worldmodels.graphs import CapturedCall, graphs_enabled
 from worldmodels.interfaces import EnvInfo

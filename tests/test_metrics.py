@@ -4,8 +4,8 @@ probabilities) on real segments."""
 
 import pytest
 import torch
-from worldmodels.envs.testing import random_store
 
+from worldmodels.envs.testing import random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.metrics import (
     add_event_rates,

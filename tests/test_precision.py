@@ -5,11 +5,11 @@ import dataclasses
 
 import pytest
 import torch
-from worldmodels.envs.testing import random_store
 
 from worldmodels import config as C
 from worldmodels import precision as P
 from worldmodels.build import build_world
+from worldmodels.envs.testing import random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.training import StageTrainer
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from worldmodels.agents.random import RandomAgent
+from worldmodels.collect import Collector
 from worldmodels.envs.atari import make_atari_env
 from worldmodels.envs.atari_config import AtariConfig
-
-from worldmodels.collect import Collector
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import Episode, ReplayStore
 

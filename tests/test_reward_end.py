@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from worldmodels.envs.testing import random_store
 
+from worldmodels.envs.testing import random_store
 from worldmodels.heads.reward_end import RewardEndConfig, RewardEndModel
 from worldmodels.interfaces import Batch
 from worldmodels.metrics import EVENT_COUNT_KEYS

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
-from worldmodels.envs.testing import random_store
 
 from worldmodels import config as C
 from worldmodels.build import build_world
+from worldmodels.envs.testing import random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.training import StageTrainer, StageTraining, Updater
 

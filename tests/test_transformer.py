@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from worldmodels.envs.dream import _rows, where_rows
 
 from worldmodels.dynamics.transformer import (
     TransformerDynamics,
     TransformerDynamicsConfig,
     sample_categorical,
 )
+from worldmodels.envs.dream import _rows, where_rows
 from worldmodels.metrics import EVENT_COUNT_KEYS
 from worldmodels.nn.transformer import GPT, GPTConfig
 from worldmodels.training import logs_to_floats
