@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-## The main job at CPU scale: the diffusion world on real Breakout, smoke preset (~2 min on 2 cores).
+## The main job at CPU scale: the diffusion world on real Breakout, smoke preset (~45 s on 2 cores).
 demo: $(STAMP)
 	$(BIN)/python train.py --env Breakout --world diffusion --preset smoke
 
