@@ -1,4 +1,4 @@
-"""``python -m worldmodels <command> [args]``: ``train``, ``evaluate`` or ``export``, each with
+"""``python -m worldmodels <command> [args]``: ``train``, ``evaluate``, ``export`` or ``play``, each with
 the arguments of its own ``--help``."""
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ COMMANDS = {
         "score a run, compare worlds (--compare), aggregate results (--table)",
     ),
     "export": ("worldmodels.hub", "write a trained run as a self-contained shareable folder"),
+    "play": (
+        "worldmodels.commands.play",
+        "play inside a learned world by keyboard (--side-by-side, --compare, --record)",
+    ),
 }
 
 
