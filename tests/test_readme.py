@@ -17,6 +17,8 @@ pytestmark = pytest.mark.slow
 
 def not_in_ci(cmd: str) -> str | None:
     """Why a README command is not run here, or None."""
+    if " play " in cmd and "--headless" not in cmd:
+        return "an interactive window (tests/test_play.py drives it under Xvfb)"
     if "bench/learning.py" in cmd:
         return "45 min on 2 cores (tests/test_learning_bench.py runs it at a tiny size)"
     if (
