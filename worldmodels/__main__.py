@@ -1,4 +1,5 @@
-"""``python -m worldmodels <command> [args]``: ``train``, ``evaluate`` or ``export``, each with
+"""``python -m worldmodels <command> [args]``: ``train``, ``evaluate``, ``export`` or
+``sweep``, each with
 the arguments of its own ``--help``."""
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ COMMANDS = {
         "score a run, compare worlds (--compare), aggregate results (--table)",
     ),
     "export": ("worldmodels.hub", "write a trained run as a self-contained shareable folder"),
+    "sweep": (
+        "worldmodels.sweep",
+        "train games x seeds through submitit (local or SLURM), then the results table",
+    ),
 }
 
 
