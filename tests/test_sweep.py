@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,3 +196,15 @@ def test_missing_submitit_is_one_line_naming_the_extra(tmp_path):
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "worldmodels[sweep]" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+@needs_submitit
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="a SLURM cluster is at hand")
+def test_slurm_without_a_cluster_is_one_line_and_writes_nothing(tmp_path):
+    root = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "worldmodels", "sweep", "--envs", "Breakout", "--seeds", "0",
+           "--preset", "test", "--dir", str(root), "--executor", "slurm"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith("error: --executor slurm: ")
+    assert not root.exists()

@@ -623,6 +623,22 @@ def _slurm_params(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def slurm_executor(submitit: Any, args: argparse.Namespace, root: Path) -> Any:
+    """submitit's SLURM executor with one node, one task and ``--gpus-per-run`` GPUs per run."""
+    try:
+        executor = submitit.AutoExecutor(folder=root / "submitit", cluster="slurm")
+        executor.update_parameters(
+            gpus_per_node=1 if args.gpus_per_run is None else args.gpus_per_run,
+            tasks_per_node=1,
+            nodes=1,
+            name=f"sweep-{root.name}",
+            **_slurm_params(args.slurm),
+        )
+    except (ValueError, RuntimeError, TypeError, NameError) as exc:
+        raise UserError(f"--executor slurm: {one_line(str(exc))}") from None
+    return executor
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.max_parallel is not None and args.max_parallel < 1:
@@ -655,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if root.exists() and not root.is_dir():
         raise UserError(f"--dir {root}: a file of that name exists")
+    slurm = None if slots is not None else slurm_executor(submitit, args, root)
     try:
         for d in (root / "runs", root / "logs", root / "submitit"):
             d.mkdir(parents=True, exist_ok=True)
@@ -700,18 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stop_on_sigterm()
             sweep.run_local(executor, slots, gpus)
         else:
-            try:
-                executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-                executor.update_parameters(
-                    gpus_per_node=1 if args.gpus_per_run is None else args.gpus_per_run,
-                    tasks_per_node=1,
-                    nodes=1,
-                    name=f"sweep-{root.name}",
-                    **_slurm_params(args.slurm),
-                )
-            except (ValueError, RuntimeError, TypeError) as exc:
-                raise UserError(f"--executor slurm: {one_line(str(exc))}") from None
-            sweep.run_slurm(submitit, executor, args.max_parallel or 256)
+            sweep.run_slurm(submitit, slurm, args.max_parallel or 256)
         failed = [r for r in sweep.runs if r.state == "failed"]
         for r in failed:
             print(f"failed: {r.name}: {r.error} (log: {r.log})", file=sys.stderr)
