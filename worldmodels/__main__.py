@@ -1,5 +1,5 @@
-"""``python -m worldmodels <command> [args]``: ``train``, ``evaluate``, ``export`` or ``play``, each with
-the arguments of its own ``--help``."""
+"""``python -m worldmodels <command> [args]``: ``train``, ``evaluate``, ``export``, ``play`` or
+``sweep``, each with the arguments of its own ``--help``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ COMMANDS = {
     "play": (
         "worldmodels.commands.play",
         "play inside a learned world by keyboard (--side-by-side, --compare, --record)",
+    ),
+    "sweep": (
+        "worldmodels.sweep",
+        "train games x seeds through submitit (local or SLURM), then the results table",
     ),
 }
 
