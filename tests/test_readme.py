@@ -17,6 +17,8 @@ pytestmark = pytest.mark.slow
 
 def not_in_ci(cmd: str) -> str | None:
     """Why a README command is not run here, or None."""
+    if " sweep " in cmd:
+        return "130 full runs (tests/test_sweep.py runs a 2 x 2 sweep at the test preset)"
     if " play " in cmd and "--headless" not in cmd:
         return "an interactive window (tests/test_play.py drives it under Xvfb)"
     if "bench/learning.py" in cmd:
