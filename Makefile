@@ -27,7 +27,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python train.py --env Breakout --world diffusion --preset smoke
 
-## The everyday fast tier: everything but the end-to-end runs (about 1.5 min on 2 CPU cores).
+## The everyday fast tier: everything but the end-to-end runs (about 2 min on 2 CPU cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
