@@ -1,11 +1,5 @@
-"""Train an agent in a learned world model of an Atari game.
-
-    python train.py --env Breakout --world diffusion              # the published scale (CUDA)
-    python train.py --env Breakout --agent random --preset smoke  # a few minutes on a CPU
-    python train.py --resume runs/<name>                          # continue after a crash
-
-``--help`` lists the valid games, worlds, agents, presets and protocols.
-"""
+"""``python train.py ...`` from a checkout: the same program as ``python -m worldmodels train``
+(``worldmodels/commands/train.py``, whose ``--help`` documents it)."""
 
 import sys
 

@@ -89,8 +89,8 @@ def parse(argv):
 
 def _bench_args(args) -> dict:
     size = SIZES[args.size]
-    out = {k: getattr(args, k.replace("-", "_")) for k in
-           ("agent_updates", "horizon", "contexts", "curve_every", "max_minutes")}  # fmt: skip
+    keys = ("agent_updates", "horizon", "contexts", "curve_every", "max_minutes")
+    out = {k: getattr(args, k) for k in keys}
     for k, v in out.items():
         out[k] = size[k] if v is None else v
         if out[k] < (0 if k == "agent_updates" else 1):
