@@ -130,6 +130,8 @@ class ActorCritic(nn.Module):
         x = self.encoder(to_float(obs)).flatten(1)  # (B, D)
         return self.lstm(x, state)
 
+    data_parallel = True  # its updates go through worldmodels.training.Updater (torchrun)
+
     @property
     def uses_context(self) -> bool:
         """Whether it burns in on the real context frames of ``DreamEnv.reset()``'s info."""

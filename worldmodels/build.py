@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from worldmodels import contract
+from worldmodels import contract, distributed
 from worldmodels.config import Choice
 from worldmodels.envs.atari import AtariVecEnv, make_atari_env
 from worldmodels.envs.atari_config import AtariConfig
@@ -98,7 +98,7 @@ def build_dream(
         return None
     return DreamEnv(
         world, store, num_envs=agent.config.num_envs, horizon=agent.config.horizon,
-        device=device, seed=derive_seed(cfg.run.seed, "dream"),
+        device=device, seed=distributed.rank_seed(cfg.run.seed, "dream"),
         recency_weights=training.recency_weights, amp=amp, observes=agent.observes,
         spares=cfg.schedule.dream_spares, graphs=graphs,
     )  # fmt: skip
@@ -113,6 +113,14 @@ def graphs_mode(
     from worldmodels.graphs import capture_refusal, graphs_enabled
 
     if not graphs_enabled(cfg.run.cuda_graphs, device) or world is None:
+        return None
+    if distributed.active():  # DDP's all-reduce is not inside the captured steps
+        if cfg.run.cuda_graphs == "on":
+            raise UserError(
+                "run.cuda_graphs=on: CUDA graphs and torchrun's data-parallel training are not "
+                "combined; use run.cuda_graphs=auto (off under torchrun) or one process"
+            )
+        log("CUDA graphs off: this run trains data-parallel under torchrun")
         return None
     why = capture_refusal(world)
     if why is None:
@@ -130,10 +138,10 @@ class RunParts:
     steps (``worldmodels.schedule.RunSteps``) use them and build nothing."""
 
     make_env: Callable[[str, int], Any]  # (mode, num_envs) -> a real vector env
-    train_env: Any  # the real games experience is collected from
+    train_env: Any  # the real games experience is collected from (None off rank 0: torchrun)
     collect_agent: Any  # the policy that collects (the agent, or the staged schedule's random one)
     new_collector: Callable[[int], Any]  # env seed -> a Collector on train_env (resumes use it)
-    collector: Any
+    collector: Any  # None off rank 0
     stage_trainers: dict[str, Any]  # stage name -> StageTrainer
     dream: Any  # DreamEnv, or None (no world, or an agent that does not train in imagination)
     video_sampler: Any  # SegmentSampler of the imagination videos, or None
@@ -149,9 +157,14 @@ def build_parts(
     ``collect_agent``, default the agent), one ``StageTrainer`` per world stage, the
     ``DreamEnv``, the video sampler, the CUDA-graph mode. A world whose stage names collide with
     the schedule's phases or TensorBoard sections is refused in one line
-    (``contract.check_stage_names``)."""
+    (``contract.check_stage_names``).
+
+    Under ``torchrun`` each rank's stage samplers and dream draw from seeds of its own (rank 0's
+    are those of one process), only rank 0 has the real env and collector, and an agent that
+    trains in imagination without ``data_parallel`` is refused in one line."""
     from worldmodels.agent_input import AgentInput
     from worldmodels.collect import Collector
+    from worldmodels.errors import UserError
     from worldmodels.replay import SegmentSampler
     from worldmodels.training import StageTrainer
 
@@ -164,15 +177,20 @@ def build_parts(
         contract.check_stage_names(world, stages)
         for name, stage in stages.items():
             stage_trainers[name] = StageTrainer(
-                stage, store, device, seed=derive_seed(seed, "stage", name), amp=amp,
+                stage, store, device, seed=distributed.rank_seed(seed, "stage", name), amp=amp,
                 graphs=graphs or False, max_nonfinite_in_a_row=s.max_nonfinite_in_a_row,
             )  # fmt: skip
         video_sampler = SegmentSampler(
             store, world.context_len + s.video_horizon, seed=derive_seed(seed, "video")
         )
         dream = build_dream(cfg, world, agent, store, device=device, amp=amp, graphs=graphs)
+        if dream is not None and distributed.active() and not contract.data_parallel(agent):
+            raise UserError(
+                f"agent {contract.name_of(agent)!r} does not train data-parallel (it declares no "
+                "data_parallel = True), so it cannot run under torchrun: run it in one process"
+            )
     collect_agent = agent if collect_agent is None else collect_agent
-    train_env = make_env("train", s.num_envs)
+    train_env = make_env("train", s.num_envs) if distributed.is_main() else None
 
     def new_collector(env_seed: int) -> Collector:
         return Collector(
@@ -182,6 +200,7 @@ def build_parts(
 
     return RunParts(
         make_env=make_env, train_env=train_env, collect_agent=collect_agent,
-        new_collector=new_collector, collector=new_collector(derive_seed(seed, "collect", 0)),
+        new_collector=new_collector,
+        collector=new_collector(derive_seed(seed, "collect", 0)) if train_env is not None else None,
         stage_trainers=stage_trainers, dream=dream, video_sampler=video_sampler, graphs=graphs,
     )  # fmt: skip

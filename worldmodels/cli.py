@@ -127,11 +127,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_process(run: C.RunConfig) -> torch.device:
-    """Process-wide switches, set once here from config: threads, TF32, seeds."""
+    """Process-wide switches, set once here from config: threads, TF32, seeds; under
+    ``torchrun``, this rank's place in the process group and its device
+    (``worldmodels.distributed``). Every rank seeds alike: they build the same weights."""
+    from worldmodels import distributed
     from worldmodels.seeding import seed_everything
 
-    device = resolve_device(run.device)
-    threads = run.threads or max(1, (os.cpu_count() or 2) // 2)
+    device = distributed.init(resolve_device(run.device))
+    ranks_here = distributed.local_world_size()  # the ranks of one machine share its cores
+    threads = run.threads or max(1, (os.cpu_count() or 2) // 2 // ranks_here)
     torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
@@ -148,9 +152,13 @@ def precision_choice(run: C.RunConfig, device: torch.device) -> tuple[bool, dict
     see ``worldmodels.precision``)."""
     key = (run.precision, str(device))
     if key not in _PRECISION:
+        from worldmodels import distributed
         from worldmodels.precision import choose_precision
 
-        _PRECISION[key] = choose_precision(run.precision, device)
+        # Rank 0's choice on every rank of a torchrun (its probe times this machine's CPU)
+        _PRECISION[key] = distributed.broadcast(
+            choose_precision(run.precision, device) if distributed.is_main() else None
+        )
     return _PRECISION[key]
 
 

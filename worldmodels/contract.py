@@ -35,6 +35,9 @@ agent capability              accessor
 ``config.training``           ``agent_training(agent)``: trains in imagination (then the
                               config also has ``num_envs`` and ``horizon``)
 ``hot_modules``               ``hot_modules(component)``
+``data_parallel``             ``data_parallel(agent)``: its updates average their gradients
+                              over the ranks of a ``torchrun`` (they go through
+                              ``worldmodels.training.Updater``)
 ============================  ==========================================================
 
 Which agent can run in which world is ``incompatibility(agent, world)`` (None, or why not). A
@@ -424,6 +427,15 @@ def uses_context(agent: Any) -> bool:
     ``DreamEnv.reset()``'s info (``context_obs``, ``next_context_obs``) for a burn-in. They are
     frames, so only a pixel agent may."""
     return _flag(agent, "uses_context", False)
+
+
+def data_parallel(agent: Any) -> bool:
+    """``data_parallel`` (default False): the agent's updates in imagination train
+    data-parallel under ``torchrun``, every rank on its own imagined trajectories, their
+    gradients averaged so that every rank takes the same step (an agent whose updates go through
+    ``worldmodels.training.Updater`` gets that from it). An agent that trains in imagination
+    without it is refused under ``torchrun``: its ranks would drift apart."""
+    return _flag(agent, "data_parallel", False)
 
 
 def agent_training(agent: Any) -> Any:

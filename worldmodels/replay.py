@@ -260,6 +260,7 @@ class ReplayStore:
         self.num_steps = 0
         self.num_frames = 0
         self.nbytes = 0
+        self._source: Path | None = None  # the directory a follower() reads
         if self.directory is not None:
             self._open(self.directory)
 
@@ -273,6 +274,30 @@ class ReplayStore:
         if directory.exists():
             store._read(directory)
         return store
+
+    @classmethod
+    def follower(cls, directory: str | Path) -> ReplayStore:
+        """A memory-only store that follows the episode files another process (rank 0 of a
+        ``torchrun``) writes to ``directory``: ``follow(count)`` reads those up to ``count``. It
+        writes nothing there."""
+        store = cls(None)
+        store._source = Path(directory)
+        return store
+
+    def follow(self, count: int) -> None:
+        """Index the episode files ``len(self) .. count - 1`` of the directory this store
+        follows (``follower``), as their writer's store holds them."""
+        if self._source is None:
+            raise ValueError("follow() is for a store made by ReplayStore.follower()")
+        for index in range(len(self._episodes), count):
+            path = self._source / _episode_name(index)
+            if not path.exists():
+                raise UserError(
+                    f"replay episode file {path} is missing: the rank that collects wrote it; "
+                    "every rank of a torchrun needs the run directory on a filesystem it sees"
+                )
+            episode, digest = _read_episode(path)
+            self._index(episode, digest)
 
     def _open(self, directory: Path) -> None:
         if directory.exists() and not directory.is_dir():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels import contract
+from worldmodels import contract, distributed
 from worldmodels.agent_input import AgentInput
 from worldmodels.build import RunParts
 from worldmodels.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -74,7 +74,12 @@ class RunSteps:
     """The steps a run is made of, each a method (collect, train the world, train the agent in
     imagination, test, checkpoint, restore, final test), on the parts ``build.build_parts``
     made. It owns the counters and the checkpoints; a schedule (``OnlineSchedule``,
-    ``worldmodels.staged.StagedSchedule``) only sequences the steps."""
+    ``worldmodels.staged.StagedSchedule``) only sequences the steps.
+
+    Under ``torchrun`` every rank runs the same steps (``worldmodels.distributed``): rank 0
+    collects, tests, logs and writes the checkpoints; after each collection the others take its
+    step count and read the episode files it wrote; world stages and agent updates train on
+    every rank, data-parallel."""
 
     def __init__(
         self,
@@ -105,7 +110,7 @@ class RunSteps:
         self.counters = Counters()
         self.make_env = parts.make_env
         self.train_env = parts.train_env
-        self.env_spec = self.train_env.spec()
+        self.env_spec = self.train_env.spec() if self.train_env is not None else {}
         self.test_env_spec: dict[str, Any] = {}
         self._real_rates: dict[str, float] | None = None  # of the last real collection
         self.collector = parts.collector
@@ -166,8 +171,12 @@ class RunSteps:
         while len(self.store) == 0:
             self.collect(max(self.cfg.schedule.num_envs, 100))
 
-    def collect(self, steps: int, *, initial: bool = False) -> CollectStats:
+    def collect(self, steps: int, *, initial: bool = False) -> CollectStats | None:
+        """Real steps with the collection policy (rank 0); every rank then holds its episodes."""
         s = self.cfg.schedule
+        if self.collector is None:  # a rank other than 0: its episodes come from rank 0
+            self._sync_replay()
+            return None
         if initial:
             stats = self.collector.collect(
                 self.collect_agent(),
@@ -181,10 +190,24 @@ class RunSteps:
             stats = self.collector.collect(self.collect_agent(), steps)
         self.counters.env_steps += stats.steps
         self._log_collect(stats)
+        self._sync_replay()
         return stats
 
-    def test(self, episodes: int, *, tag: str = "test", video: bool = False) -> TestResult:
-        """Real test-mode episodes with the current agent; logs returns, HNS and a video."""
+    def _sync_replay(self) -> None:
+        """Under ``torchrun``: rank 0's step count on every rank, and the episode files it wrote
+        read into every other rank's store (a ``ReplayStore.follower``)."""
+        if not distributed.active():
+            return
+        steps, count = distributed.broadcast((self.counters.env_steps, len(self.store)))
+        self.counters.env_steps = steps
+        if not distributed.is_main():
+            self.store.follow(count)
+
+    def test(self, episodes: int, *, tag: str = "test", video: bool = False) -> TestResult | None:
+        """Real test-mode episodes with the current agent; logs returns, HNS and a video (rank 0;
+        None on the others)."""
+        if not distributed.is_main():
+            return None
         e = self.cfg.eval
         env = self.make_env("test", min(e.num_envs, episodes))
         self.test_env_spec = env.spec()
@@ -303,6 +326,8 @@ class RunSteps:
         above their reconstructions."""
         if self.world is None or self.video_sampler is None or len(self.store) == 0:
             return
+        if not distributed.is_main():
+            return
         step = self.counters.env_steps if step is None else step
         batch = self.video_sampler.sample(num).to(self.device)
         recon = contract.reconstruct(self.world)
@@ -335,6 +360,9 @@ class RunSteps:
         """Time one update of every stage and of the agent (on copies: the run is untouched) and
         print the projected duration of the remaining epochs; a warning when it is long."""
         s = self.cfg.schedule
+        if distributed.active():  # its twins would train data-parallel on one rank alone
+            self.log("the duration is not projected under torchrun (bench/world_speed.py times it)")
+            return 0.0
         epochs = range(self.counters.epoch + 1, s.epochs + 1)
         self.log(f"timing one update of each stage on {self.device.type} to project the duration")
         rng = global_rng_state()
@@ -376,8 +404,12 @@ class RunSteps:
 
     def checkpoint(self, name: str) -> None:
         """Everything a resume needs, under ``name`` (the schedule's: names sort in the order
-        checkpoints are written, and pruning keeps the newest)."""
+        checkpoints are written, and pruning keeps the newest). Under ``torchrun`` rank 0 writes
+        it, with the other ranks' samplers and RNGs (``ranks``) beside its own."""
         self.counters.replay_episodes = len(self.store)
+        ranks = distributed.gather(self._rank_state())
+        if not distributed.is_main():
+            return
         collect_agent = self.collect_agent()
         state = {
             "counters": dataclasses.asdict(self.counters),
@@ -388,11 +420,13 @@ class RunSteps:
             "stages": {name: t.state_dict() for name, t in self.stage_trainers.items()},
             "dream": None if self.dream is None else self.dream.sampler.state_dict(),
             "video": None if self.video_sampler is None else self.video_sampler.state_dict(),
+            "ranks": ranks[1:],  # torchrun: what is each rank's own, for ranks 1, 2, ...
         }
         meta = {
             "agent": self.cfg.agent.name,
             "world": None if self.cfg.world is None else self.cfg.world.name,
             "counters": dataclasses.asdict(self.counters),
+            "world_size": len(ranks),
             "config": to_dict(self.cfg),
             # what replay held: a resume checks every one of these files against its sha256
             "episodes": {"count": len(self.store), "sha256": self.store.digests()},
@@ -406,6 +440,14 @@ class RunSteps:
             keep=self.cfg.schedule.keep_checkpoints,
         )
         self.logger.flush()
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs from rank to rank: the global RNGs and the samplers' streams."""
+        return {
+            "rng": global_rng_state(),
+            "stages": {name: t.sampler.state_dict() for name, t in self.stage_trainers.items()},
+            "dream": None if self.dream is None else self.dream.sampler.state_dict(),
+        }
 
     def _check_episodes(self, path: Path, meta: dict[str, Any]) -> None:
         """Replay must hold every episode the checkpoint counted, each file unchanged."""
@@ -439,24 +481,43 @@ class RunSteps:
         the same episode when the resumed run plays it again (its file is reused: nothing is
         stored or counted twice). Only if the games cannot be replayed (a changed ale-py, say)
         does the run go on from a fresh env seed, keeping those episodes and counting their steps.
+
+        Under ``torchrun`` every rank loads the checkpoint (the weights, and its own samplers and
+        RNGs), which must be one of as many ranks; rank 0 alone brings the games back.
         """
         path = latest_checkpoint(self.run_dir.checkpoints)
         saved_collector = None
+        main = distributed.is_main()
         if path is not None:
             state, meta = load_checkpoint(path, self._modules(), map_location=self.device)
+            saved = 1 + len(state.get("ranks") or [])
+            if saved != distributed.world_size():
+                raise UserError(
+                    f"checkpoint {path} was written by a run of {saved} process(es) and this one "
+                    f"has {distributed.world_size()}: resume it with "
+                    + ("train.py --resume" if saved == 1 else f"torchrun --nproc-per-node {saved}")
+                    + " (the batch of each step is the ranks' together)"
+                )
             self.counters = Counters(**state["counters"])
-            self._check_episodes(path, meta)
-            set_global_rng_state(state["rng"])
+            if main:
+                self._check_episodes(path, meta)
+            own = state if main else state["ranks"][distributed.rank() - 1]
+            set_global_rng_state(own["rng"])
             saved_collector = state["collector"]
             if state.get("collect_agent") is not None:
                 self.collect_agent().load_state_dict(state["collect_agent"])
             for name, trainer in self.stage_trainers.items():
                 trainer.load_state_dict(state["stages"][name])
-            if self.dream is not None and state.get("dream") is not None:
-                self.dream.sampler.load_state_dict(state["dream"])
+                if not main:
+                    trainer.sampler.load_state_dict(own["stages"][name])
+            if self.dream is not None and own.get("dream") is not None:
+                self.dream.sampler.load_state_dict(own["dream"])
             if self.video_sampler is not None and state.get("video") is not None:
                 self.video_sampler.load_state_dict(state["video"])
         self.counters.resumes += 1
+        if not main:  # rank 0 brings the games back; this rank reads the episodes it keeps
+            self._sync_replay()
+            return
         held = self.store.hold_back(self.counters.replay_episodes)
         where = path.name if path is not None else "the start (no checkpoint yet)"
         problem = None
@@ -480,6 +541,7 @@ class RunSteps:
                     "uninterrupted one"
                 )
             held = 0
+        self._sync_replay()
         self.log(
             f"resuming from {where}: epoch {self.counters.epoch}, {self.counters.env_steps} env "
             f"steps, {len(self.store)} episodes in replay"
@@ -487,8 +549,11 @@ class RunSteps:
         )
 
     def final_test(self) -> dict[str, Any]:
-        """The score of the run: ``eval.episodes`` real test episodes, written to results.json."""
+        """The score of the run: ``eval.episodes`` real test episodes, written to results.json
+        (rank 0; the others return an empty record)."""
         result = self.test(self.cfg.eval.episodes, tag="final", video=True)
+        if result is None:
+            return {}
         record = results_record(
             result,
             game=self.cfg.env.game,
@@ -510,7 +575,8 @@ class RunSteps:
         return record
 
     def close(self) -> None:
-        self.train_env.close()
+        if self.train_env is not None:
+            self.train_env.close()
         self.logger.close()
 
 

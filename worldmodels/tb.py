@@ -11,6 +11,7 @@ import io
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -166,6 +167,29 @@ class TBLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+class NullLogger(TBLogger):
+    """The logger of a rank other than 0 under ``torchrun``: rank 0 logs the run, this writes
+    nothing (no event file is ever created)."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def scalar(self, tag: str, value: float | np.floating, step: int) -> None:
+        pass
+
+    def image(self, tag: str, image: Tensor | np.ndarray, step: int) -> None:
+        pass
+
+    def images(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def video(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
 
 
 def progress(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from worldmodels import distributed
 from worldmodels.checks import at_least, in_range, positive
 from worldmodels.errors import UserError
 from worldmodels.graphs import CapturedCall
@@ -87,12 +88,16 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def logs_to_floats(logs: dict[str, Any]) -> dict[str, float]:
-    """Scalars to log: tensors (0-dim) are read back together, in one host synchronisation."""
+def logs_to_floats(logs: dict[str, Any], *, mean_over_ranks: bool = False) -> dict[str, float]:
+    """Scalars to log: tensors (0-dim) are read back together, in one host synchronisation
+    (with ``mean_over_ranks``, averaged over the ranks of a ``torchrun`` first: one all-reduce)."""
     keys = [k for k, v in logs.items() if isinstance(v, Tensor)]
     out = {k: float(v) for k, v in logs.items() if not isinstance(v, Tensor)}
     if keys:
-        values = torch.stack([logs[k].detach().float().reshape(()) for k in keys]).tolist()
+        stacked = torch.stack([logs[k].detach().float().reshape(()) for k in keys])
+        if mean_over_ranks:
+            distributed.mean_(stacked)
+        values = stacked.tolist()
         out.update(zip(keys, values, strict=True))
     return {k: out[k] for k in logs}
 
@@ -108,7 +113,12 @@ class Updater:
     tensors of the same shapes at every step (a ``Batch``), copied into the graph's inputs, and
     ``loss_fn`` must be static (no host synchronisation, no Python state that changes per call):
     see ``worldmodels.graphs``. ``graphs="simulate"`` runs the same code path eagerly with the same
-    buffers, on any device (the CPU tests)."""
+    buffers, on any device (the CPU tests).
+
+    Under ``torchrun`` (``worldmodels.distributed``) the eager step runs the loss through
+    ``DistributedDataParallel``: every rank's backward pass ends with the gradients averaged over
+    the ranks, a step is skipped on every rank where it is not finite on one, and the logs are
+    the ranks' mean. CUDA graphs are not combined with it (the run turns them off)."""
 
     def __init__(
         self, module: nn.Module, cfg: StageTraining, device: torch.device, *, amp: bool = False,
@@ -123,6 +133,10 @@ class Updater:
         )  # None, "cuda" or "simulate"
         if self.graphs == "cuda" and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {device}")
+        if self.graphs and distributed.active():
+            raise ValueError(
+                "a graphed Updater does not train data-parallel: graphs off under torchrun"
+            )
         params = [p for p in module.parameters() if p.requires_grad]
         if self.graphs:
             # Static on the device: the learning rate (a tensor the schedule fills in place) and
@@ -151,6 +165,7 @@ class Updater:
         """Consecutive skipped steps up to the last one (0 after a step that was applied)."""
         self._captured: CapturedCall | None = None
         self._captured_loss: Callable | None = None
+        self._ddp: distributed.DataParallelLoss | None = None  # built by the first step
 
     def update(self, loss_fn: Callable[[Any], tuple[Tensor, dict]], x: Any) -> dict[str, float]:
         """One step: loss, backward, clipping, optimizer and schedule step. A step whose loss or
@@ -186,16 +201,20 @@ class Updater:
 
     def _eager_step(self, loss_fn: Callable, x: Any) -> tuple[dict[str, float], bool]:
         self.optimizer.zero_grad(set_to_none=True)
+        parallel = distributed.active()
+        if parallel and self._ddp is None:
+            self._ddp = distributed.DataParallelLoss(self.module)  # all ranks, same step
         with autocast(self.device, self.amp):
-            loss, logs = loss_fn(x)
-        loss.backward()
+            loss, logs = loss_fn(x) if self._ddp is None else self._ddp(loss_fn, x)
+        loss.backward()  # under DDP: the gradients are the ranks' mean when it returns
         grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
         finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        finite = distributed.all_true(finite, self.device) if parallel else finite
         if finite:
             self.optimizer.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
-        logs = logs_to_floats({**logs, "grad_norm": grad_norm})
+        logs = logs_to_floats({**logs, "grad_norm": grad_norm}, mean_over_ranks=parallel)
         logs["nonfinite"] = float(not finite)
         return logs, finite
 
@@ -249,7 +268,7 @@ class Updater:
                     if "step" in st:
                         st["step"] = st["step"].to(self.device, torch.float32)
             else:
-                group.update(capturable=False, fused=self.device.type == "cuda" or None)
+                group.update(capturable=False, fused=self.device.type == "cuda")  # as built
                 group["lr"] = lr
         self.scheduler.load_state_dict(state["scheduler"])
         self.scheduler.base_lrs = [float(x) for x in self.scheduler.base_lrs]

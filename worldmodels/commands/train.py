@@ -3,6 +3,7 @@
     python train.py --env Breakout --world diffusion              # the published scale (CUDA)
     python train.py --env Breakout --agent random --preset smoke  # a few minutes on a CPU
     python train.py --resume runs/<name>                          # continue after a crash
+    torchrun --nproc-per-node 2 train.py --env Breakout --world diffusion  # data-parallel
 
 ``--help`` lists the valid games, worlds, agents, presets and protocols.
 """
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from worldmodels import config as C
+from worldmodels import distributed
 from worldmodels.cli import (
     Parser,
     add_config_flags,
@@ -55,7 +57,8 @@ def resumed_config(args, stack: contextlib.ExitStack):
             + " (only --device may change)"
         )
     run = RunDir.open(args.resume)
-    stack.callback(run.lock(f"train.py --resume {run.root}").release)  # a second one stops here
+    if distributed.launched_rank() == 0:  # under torchrun, rank 0 holds the lock for them all
+        stack.callback(run.lock(f"train.py --resume {run.root}").release)  # a second one stops
     load_run_plugins(run.config, args)
     cfg = C.load_run_config(run.config)
     if args.device:
@@ -89,8 +92,22 @@ def fresh_config(args):
     tree["run"]["name"] = name
     cfg = C.build(tree)
     run = RunDir(Path(cfg.run.runs_dir) / name)
-    RunDir.check_creatable(run.root)  # now, not after minutes of building
+    if distributed.launched_rank() == 0:  # under torchrun, rank 0 makes the directory
+        RunDir.check_creatable(run.root)  # now, not after minutes of building
     return cfg, run
+
+
+def same_name_on_every_rank(cfg, run):
+    """Under ``torchrun``: rank 0's run name (a default one holds the time it started)."""
+    from worldmodels.runs import RunDir
+
+    name = distributed.broadcast(cfg.run.name)
+    if name == cfg.run.name:
+        return cfg, run
+    tree = C.to_dict(cfg)
+    tree["run"]["name"] = name
+    cfg = C.build(tree)
+    return cfg, RunDir(Path(cfg.run.runs_dir) / name)
 
 
 def run_summary(cfg) -> str:
@@ -126,15 +143,21 @@ def main(argv=None) -> int:
     from worldmodels.errors import DiskFull
     from worldmodels.replay import ReplayStore
     from worldmodels.runs import RunDir, versions
+    from worldmodels.seeding import seed_everything
     from worldmodels.staged import make_schedule
-    from worldmodels.tb import TBLogger
+    from worldmodels.tb import NullLogger, TBLogger
     from worldmodels.training import NonFiniteTraining
 
     with contextlib.ExitStack() as stack:
         cfg, run = resumed_config(args, stack) if args.resume else fresh_config(args)
         # Whatever a bad setting can break fails here, before a new run directory exists: a
         # failed start never leaves one behind that blocks the corrected command.
-        device = setup_process(cfg.run)
+        device = setup_process(cfg.run)  # under torchrun: this rank's, in the process group
+        stack.push(lambda kind, *_: distributed.close(together=kind is None))
+        main = distributed.is_main()
+        log = print if main else (lambda line: None)  # rank 0 speaks for the run
+        if distributed.active() and not args.resume:
+            cfg, run = same_name_on_every_rank(cfg, run)
         graphs_enabled(cfg.run.cuda_graphs, device)  # run.cuda_graphs=on on a CPU: refused now
         make_env = env_factory(cfg.env)
         probe = make_env("train", 1)
@@ -147,11 +170,17 @@ def main(argv=None) -> int:
             )  # fmt: skip
         except ValueError as exc:  # a component refusing its settings or its env
             raise UserError(f"cannot build the world and agent: {exc}") from None
+        if distributed.active():  # the same weights everywhere; each rank then draws its own
+            for module in (world, agent):
+                if module is not None:
+                    distributed.broadcast_module(module)
+            if not main:
+                seed_everything(distributed.rank_seed(cfg.run.seed, "global"))
         if cfg.run.compile:
-            print(f"torch.compile: {compile_hot_modules(world, agent)} modules")
+            log(f"torch.compile: {compile_hot_modules(world, agent)} modules")
 
         started = False
-        if not args.resume:
+        if not args.resume and main:
             run = RunDir.create(run.root)
             stack.callback(run.lock("train.py").release)
 
@@ -161,28 +190,34 @@ def main(argv=None) -> int:
                     shutil.rmtree(run.root, ignore_errors=True)
 
             run.write_config(C.dump(cfg))
-        logger = stack.enter_context(contextlib.closing(TBLogger(str(run.tb))))
+        distributed.barrier()  # the others open the run directory rank 0 made
+        logger = stack.enter_context(
+            contextlib.closing(TBLogger(str(run.tb)) if main else NullLogger())
+        )
         ver = versions()
         schedule = make_schedule(
             cfg,
             run,
             agent=agent,
             world=world,
-            store=ReplayStore(run.episodes),
+            store=ReplayStore(run.episodes) if main else ReplayStore.follower(run.episodes),
             make_env=make_env,
             logger=logger,
             device=device,
             versions=ver,
             amp=use_amp(cfg.run, device),
+            log=log,
         )
         stack.callback(schedule.close)
         if args.resume:
             schedule.restore()  # refuses a damaged checkpoint or replay before writing anything
-        run.record_session(
-            {"argv": sys.argv, "device": str(device), "env_spec": schedule.env_spec,
-             "precision": precision_choice(cfg.run, device)[1], "versions": ver}
-        )  # fmt: skip
-        if not args.resume:
+        precision = precision_choice(cfg.run, device)[1]
+        if main:
+            run.record_session(
+                {"argv": sys.argv, "device": str(device), "env_spec": schedule.env_spec,
+                 "precision": precision, "versions": ver, "world_size": distributed.world_size()}
+            )  # fmt: skip
+        if not args.resume and main:
             logger.text("run", run_summary(cfg))
             logger.text("config", "```\n" + C.dump(cfg) + "\n```")
             print(f"run directory: {run.root}")
@@ -197,7 +232,7 @@ def main(argv=None) -> int:
             raise UserError(
                 f"{exc} (every checkpoint on disk holds finite values only; the newest: {last})"
             ) from None
-    print(f"done: {run.root} (tensorboard --logdir {run.tb.parent} --host 127.0.0.1)")
+    log(f"done: {run.root} (tensorboard --logdir {run.tb.parent} --host 127.0.0.1)")
     return 0
 
 

@@ -38,6 +38,7 @@ class ReinforceLinearAgent(nn.Module):
         """Updates per epoch, learning rate, clipping (the framework's generic settings)."""
 
     observes: ClassVar[Literal["pixels", "features"]] = "features"
+    data_parallel: ClassVar[bool] = True  # updates through Updater: torchrun averages them
 
     def __init__(self, config: Config, env_info: EnvInfo, *, seed: int = 0) -> None:
         super().__init__()
