@@ -4,7 +4,8 @@
 #   2. both worlds at their published sizes (agent batch and every stage batch as configured),
 #      eager and replayed from CUDA graphs side by side, with FLOPs, MFU and the projected
 #      duration of a full Atari 100k run;
-#   3. a summary against the targets (bench/gpu_summary.py).
+#   3. a summary against the targets (bench/gpu_summary.py);
+#   4. a one-GPU torchrun smoke run (NCCL, DDP: docs/distributed.md), last, in 90 s at most.
 # Everything goes to $OUT (default bench/gpu_check_out): logs, one JSON per world, summary.txt.
 #
 #   bench/gpu_check.sh                      # on the GPU machine, dependencies installed
@@ -39,4 +40,12 @@ for world in diffusion iris; do
 done
 
 $PY bench/gpu_summary.py "$OUT"/diffusion.json "$OUT"/iris.json | tee "$OUT/summary.txt"
+
+echo "== torchrun, one rank ($DEVICE: NCCL on cuda, gloo on cpu)"
+rm -rf "$OUT/runs/torchrun-smoke"  # this script's own scratch run of an earlier call
+timeout 90 $PY -m torch.distributed.run --standalone --nproc-per-node 1 train.py --env Breakout \
+  --world diffusion --agent actor_critic --preset test --device "$DEVICE" --name torchrun-smoke \
+  --set run.runs_dir="$OUT/runs" > "$OUT/torchrun.txt" 2>&1
+echo "exit $? (results.json: $(test -f "$OUT/runs/torchrun-smoke/results.json" && echo yes || echo no))" \
+  | tee -a "$OUT/torchrun.txt"
 echo "gpu_check done in $(( $(date +%s) - start )) s"

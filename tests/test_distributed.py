@@ -231,3 +231,16 @@ def test_torchrun_of_one_process_trains_exactly_like_a_plain_run(tmp_path):
         json.loads((runs / n / "provenance.json").read_text())["sessions"] for n in ("one", "plain")
     ]
     assert sessions[0][-1]["world_size"] == 1 == sessions[1][-1]["world_size"]
+
+
+@pytest.mark.slow
+def test_the_sweeps_command_of_a_two_gpu_run_trains_on_two_ranks(tmp_path):
+    from worldmodels.sweep import train_command
+
+    short = [*TINY[:-4], "--set", "schedule.epochs=1", "--name", "s"]
+    proc = subprocess.run(train_command(short, ranks=2), cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs" / "s"
+    assert (run / "results.json").exists()
+    assert json.loads((run / "provenance.json").read_text())["sessions"][-1]["world_size"] == 2

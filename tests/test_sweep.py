@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from worldmodels.sweep import last_error_line, local_slots, parse_envs, parse_seeds
+from worldmodels.sweep import (
+    last_error_line,
+    local_slots,
+    parse_envs,
+    parse_seeds,
+    train_command,
+)
 
 needs_submitit = pytest.mark.skipif(
     importlib.util.find_spec("submitit") is None, reason="the 'sweep' extra (submitit)"
@@ -191,6 +197,26 @@ def test_spec_parsing_and_gpu_slots():
         local_slots(3, 2, gpus=4)
     with pytest.raises(UserError, match="no CUDA device"):
         local_slots(None, 1, gpus=0)
+
+
+def test_a_run_of_several_gpus_is_one_torchrun_rank_per_gpu():
+    assert train_command(["--env", "Pong"]) == [
+        sys.executable,
+        "-m",
+        "worldmodels",
+        "train",
+        "--env",
+        "Pong",
+    ]
+    cmd = train_command(["--resume", "r"], ranks=4)
+    assert cmd[:5] == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+    ]
+    assert cmd[5:] == ["-m", "worldmodels", "train", "--resume", "r"]
 
 
 def test_missing_submitit_is_one_line_naming_the_extra(tmp_path):

@@ -242,6 +242,17 @@ def _wait_for_run_lock(root: Path, grace_s: float) -> str | None:
     return None
 
 
+def train_command(args: list[str], ranks: int = 1) -> list[str]:
+    """The command of one run: ``train.py`` (``python -m worldmodels train``), or with
+    ``ranks > 1`` (``--gpus-per-run``) ``torchrun`` with one rank per GPU, so that the run trains
+    data-parallel across them (``worldmodels.distributed``)."""
+    train = ["-m", "worldmodels", "train", *args]
+    if ranks > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={ranks}", *train]  # fmt: skip
+    return [sys.executable, *train]
+
+
 def run_job(task: dict[str, Any]) -> dict[str, Any]:
     """Train one (game, seed) to the end: skip it when finished, ``--resume`` it when
     interrupted, start it otherwise. ``train.py`` runs as a child process whose stdout and stderr
@@ -263,7 +274,7 @@ def run_job(task: dict[str, Any]) -> dict[str, Any]:
         args = ["--resume", str(root), *(a for p in task["plugins"] for a in ("--plugin", p))]
     else:
         args = list(task["fresh_args"])
-    cmd = [sys.executable, "-m", "worldmodels", "train", *args]
+    cmd = train_command(args, int(task.get("ranks", 1)))
     env = dict(os.environ)
     if task.get("cuda_visible_devices") is not None:
         env["CUDA_VISIBLE_DEVICES"] = task["cuda_visible_devices"]
@@ -467,6 +478,8 @@ class Sweep:
             "fresh_args": self.spec.train_args(run.game, run.seed, self.runs_dir),
             "plugins": list(self.spec.plugins),
             "cuda_visible_devices": None if devices is None else ",".join(map(str, devices)),
+            # one rank per GPU of the run (torchrun) where it has more than one
+            "ranks": len(devices) if devices is not None else max(1, self.args.gpus_per_run or 1),
             "sweep_lock": str(self.root / ".lock") if watch else None,
             "token": self.token,
         }
