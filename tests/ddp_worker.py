@@ -22,6 +22,7 @@ import torch
 from worldmodels import config as C
 from worldmodels import distributed
 from worldmodels.build import build_agent, build_world
+from worldmodels.errors import UserError
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.replay import Episode, ReplayStore, SegmentSampler
 from worldmodels.training import StageTrainer
@@ -167,8 +168,16 @@ def main(out_dir: str) -> None:
     agent, dream = agent_and_dream(r * b, (r + 1) * b, n * b)
     agent.train_in_imagination(dream)
     check_same_on_every_rank(agent)
+    distributed.check_same({"agent": agent})  # within its tolerance too
     if r == 0:
         save_file(grads_and_params(agent, "agent"), str(Path(out_dir) / "agent.safetensors"))
+    # A module trained apart on each rank (not through DDP) is caught by check_same.
+    torch.manual_seed(r)
+    try:
+        distributed.check_same({"agent": agent, "drifted": torch.nn.Linear(3, 3)})
+    except UserError as exc:
+        if r == 0:
+            (Path(out_dir) / "drift.txt").write_text(str(exc))
     distributed.close()
 
 

@@ -113,6 +113,8 @@ def test_an_agent_update_on_two_ranks_equals_one_process_with_the_doubled_batch(
     ref = W.grads_and_params(agent, "agent")
     ours = load_file(str(two_ranks / "agent.safetensors"))
     assert _close(ours, ref, "agent") < 1e-5
+    drift = (two_ranks / "drift.txt").read_text()
+    assert drift.startswith("rank 1 holds other weights of the drifted than rank 0")
     half_agent, half_dream = W.agent_and_dream(0, b, 2 * b)
     half_agent.train_in_imagination(half_dream)
     assert _close(W.grads_and_params(half_agent, "agent"), ref, "agent") > 1e-2

@@ -76,6 +76,11 @@ def init(device: torch.device) -> torch.device:
     if not dist.is_available():
         raise UserError("torchrun started this process, but this torch has no torch.distributed")
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and device.index is not None:
+        raise UserError(
+            f"--device {device}: under torchrun each rank takes cuda:LOCAL_RANK; use --device "
+            "cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise UserError(
@@ -143,6 +148,35 @@ def broadcast_module(module: nn.Module) -> None:
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src=0)
+
+
+def check_same(modules: dict[str, nn.Module], what: str = "") -> None:
+    """A one-line ``UserError`` where a rank's parameters of one of ``modules`` differ from
+    rank 0's (two checksums per module, one gather): its training did not average over the
+    ranks. The tolerance (relative 1e-5) lets through what kernels on different GPUs may round
+    differently, not ranks that train apart."""
+    if not active():
+        return
+    sums = {}
+    for name, module in modules.items():
+        with torch.no_grad():
+            flat = [p.detach().double().reshape(-1) for p in module.parameters()]
+            if flat:
+                x = torch.cat(flat)
+                sums[name] = (float(x.sum()), float(x.square().sum()))
+    everyone = gather(sums)
+    for r, theirs in enumerate(everyone[1:], start=1):
+        for name, (s0, q0) in everyone[0].items():
+            s1, q1 = theirs[name]
+            if (
+                abs(q1 - q0) > 1e-5 * max(abs(q0), 1e-12)
+                or abs(s1 - s0) > 1e-5 * max(q0, 1e-12) ** 0.5
+            ):
+                raise UserError(
+                    f"rank {r} holds other weights of the {name} than rank 0{what}: its training "
+                    "did not average over the ranks (a component that declares data_parallel "
+                    "must train through worldmodels.training.Updater)"
+                )
 
 
 def mean_(values: Tensor) -> Tensor:

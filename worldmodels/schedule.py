@@ -407,6 +407,8 @@ class RunSteps:
         checkpoints are written, and pruning keeps the newest). Under ``torchrun`` rank 0 writes
         it, with the other ranks' samplers and RNGs (``ranks``) beside its own."""
         self.counters.replay_episodes = len(self.store)
+        # torchrun: every rank must still hold rank 0's weights (one line where one drifted)
+        distributed.check_same(self._modules(), f" at checkpoint {name}")
         ranks = distributed.gather(self._rank_state())
         if not distributed.is_main():
             return
