@@ -94,7 +94,12 @@ def init(device: torch.device) -> torch.device:
         backend = "gloo"
     # A rank that dies makes torchrun stop the others, so the timeout only bounds a real hang; it
     # is long because the other ranks wait while rank 0 plays its real test episodes.
-    dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+    # NCCL is told its GPU (device_id) so that its barriers need not guess it.
+    dist.init_process_group(
+        backend,
+        timeout=datetime.timedelta(hours=6),
+        device_id=device if backend == "nccl" else None,
+    )
     return device
 
 
