@@ -10,9 +10,9 @@ training steps run on copies.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import functools
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,10 +197,24 @@ def _round_trip(fail: _Fail, key: str, source: nn.Module, target: nn.Module) -> 
         load_checkpoint(Path(tmp) / "c", {key: target}, map_location=_device_of(target))
 
 
+def _keeps_global_rng(check: Callable[..., None]) -> Callable[..., None]:
+    """``check(component, ...)`` with torch's global RNG (CPU, and the component's device if
+    CUDA) left as it was, whatever the checks seed."""
+
+    @functools.wraps(check)
+    def checked(component: Any, *args: Any, **kwargs: Any) -> None:
+        device = _device_of(component)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            check(component, *args, **kwargs)
+
+    return checked
+
+
 # ---------------------------------------------------------------------------- worlds
 
 
-def _world_checks(
+@_keeps_global_rng
+def check_world(
     world: Any,
     env_info: EnvInfo,
     *,
@@ -708,7 +722,8 @@ def _acts(agent: Any, obs: Tensor, steps: int) -> Iterator[tuple[Tensor, Any]]:
         first = torch.zeros_like(first)
 
 
-def _agent_checks(
+@_keeps_global_rng
+def check_agent(
     agent: Any,
     env_info: EnvInfo,
     *,
@@ -875,47 +890,3 @@ def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, obse
         device,
         "(B,)",
     )
-
-
-# ---------------------------------------------------------------------------- entry points
-
-
-@contextlib.contextmanager
-def _rng_kept(device: torch.device) -> Iterator[None]:
-    """Torch's global RNG (CPU, and ``device``'s if CUDA) as it was, whatever the checks seed."""
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        yield
-
-
-def check_world(
-    world: Any,
-    env_info: EnvInfo,
-    *,
-    seed: int = 0,
-    steps: int = 4,
-    train: bool = True,
-    compile: bool = False,
-    store: ReplayStore | None = None,
-) -> None:
-    with _rng_kept(_device_of(world)):
-        _world_checks(
-            world, env_info, seed=seed, steps=steps, train=train, compile=compile, store=store
-        )
-
-
-def check_agent(
-    agent: Any,
-    env_info: EnvInfo,
-    *,
-    world: Any = None,
-    seed: int = 0,
-    steps: int = 3,
-    train: bool = True,
-) -> None:
-    with _rng_kept(_device_of(agent)):
-        _agent_checks(agent, env_info, world=world, seed=seed, steps=steps, train=train)
-
-
-check_world.__doc__ = _world_checks.__doc__
-check_agent.__doc__ = _agent_checks.__doc__
