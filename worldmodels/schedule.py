@@ -324,9 +324,9 @@ class RunSteps:
         """A video grid: real frames (left) beside the world's imagination (right) from the same
         real context under the same recorded actions; and, for worlds with a decoder, real frames
         above their reconstructions."""
-        if self.world is None or self.video_sampler is None or len(self.store) == 0:
+        if self.world is None or self.video_sampler is None or not distributed.is_main():
             return
-        if not distributed.is_main():
+        if len(self.store) == 0:
             return
         step = self.counters.env_steps if step is None else step
         batch = self.video_sampler.sample(num).to(self.device)

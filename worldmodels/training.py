@@ -209,7 +209,7 @@ class Updater:
         loss.backward()  # under DDP: the gradients are the ranks' mean when it returns
         grad_norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
         finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
-        finite = distributed.all_true(finite, self.device) if parallel else finite
+        finite = distributed.all_true(finite, self.device)  # every rank skips, or none
         if finite:
             self.optimizer.step()
         else:
