@@ -8,10 +8,21 @@ used, so it cannot change what is measured.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import types
 from pathlib import Path
+
+
+def arguments(doc: str, repo: str) -> argparse.Namespace:
+    """The harnesses' command line: ``--src`` (a checkout of ``repo``), batch, threads, repeats."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--src", type=Path, required=True, help=f"a checkout of {repo}")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per figure")
+    return p.parse_args()
 
 
 def use_checkout(src: Path, must_have: str) -> Path:
@@ -82,12 +93,14 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def cpu_share(fn) -> tuple[object, float]:
-    """``fn()`` and the share of a core the process had meanwhile (about 1.0 on an idle core:
-    a lower figure says another process shared it and the timing is not to be trusted)."""
+def mean_time(fn, repeats: int) -> tuple[float, float]:
+    """Mean seconds per call of ``fn`` (``timed``), and the share of a core the process had
+    meanwhile (about 1.0 on an idle core: a lower figure says another process shared it, and the
+    timing is not to be trusted)."""
     c0, w0 = time.process_time(), time.perf_counter()
-    result = fn()
-    return result, (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9)
+    times = timed(fn, repeats)
+    share = (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9)
+    return sum(times) / len(times), share
 
 
 def train_step(loss_fn, module, optimizer, max_grad_norm, scheduler=None) -> None:

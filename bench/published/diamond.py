@@ -19,25 +19,19 @@ for logging, is stood in for where it is missing. Figures:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_share, load_yaml, number, stand_in, timed, train_step, use_checkout  # noqa: E402
+from common import arguments, load_yaml, mean_time, number, stand_in, train_step, use_checkout  # noqa: E402
 
 NUM_ACTIONS = 4  # Breakout
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--src", type=Path, required=True, help="a checkout of eloialonso/diamond")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per figure")
-    args = p.parse_args()
+    args = arguments(__doc__, "eloialonso/diamond")
     use_checkout(args.src, "models/diffusion/denoiser.py")
     stood_in = stand_in("wandb")
 
@@ -141,10 +135,10 @@ def main() -> int:
 
     for key, length in (("denoiser", den_len), ("reward_end", re_len)):
         model, x = getattr(agent, names[key]), batch(length)
-        times, share[key] = cpu_share(lambda m=model, x=x, k=key: timed(
-            lambda: train_step(lambda: m.compute_loss(x)[0], m, opts[k], clips[k], scheds[k]),
-            args.repeats))  # fmt: skip
-        out[f"{key}_step_s"] = sum(times) / len(times)
+        out[f"{key}_step_s"], share[key] = mean_time(
+            lambda m=model, x=x, k=key: train_step(
+                lambda: m.compute_loss(x)[0], m, opts[k], clips[k], scheds[k]),
+            args.repeats)  # fmt: skip
 
     zeros = torch.zeros(b, dtype=torch.long)
     t0 = time.perf_counter()
@@ -158,14 +152,13 @@ def main() -> int:
             for _ in range(wm_cfg.horizon):
                 env.step(zeros)
 
-    times, share["imagination"] = cpu_share(lambda: timed(trajectory, args.repeats))
-    out["imagination_step_s"] = sum(times) / len(times) / wm_cfg.horizon
+    sec, share["imagination"] = mean_time(trajectory, args.repeats)
+    out["imagination_step_s"] = sec / wm_cfg.horizon
 
     ac = agent.actor_critic
-    times, share["agent"] = cpu_share(lambda: timed(
+    out["agent_update_s"], share["agent"] = mean_time(
         lambda: train_step(lambda: ac.compute_loss()[0], ac, opts["agent"], clips["agent"],
-                           scheds["agent"]), args.repeats))  # fmt: skip
-    out["agent_update_s"] = sum(times) / len(times)
+                           scheds["agent"]), args.repeats)  # fmt: skip
     out["cpu_share"] = {k: round(v, 3) for k, v in share.items()}
     print(json.dumps(out))
     return 0

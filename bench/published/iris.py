@@ -22,7 +22,6 @@ timed here. Figures:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import re
@@ -31,7 +30,7 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_share, load_yaml, stand_in, timed, train_step, use_checkout  # noqa: E402
+from common import arguments, load_yaml, mean_time, stand_in, train_step, use_checkout  # noqa: E402
 
 NUM_ACTIONS = 4  # Breakout
 
@@ -64,12 +63,7 @@ def load_config(src: Path) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--src", type=Path, required=True, help="a checkout of eloialonso/iris")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per figure")
-    args = p.parse_args()
+    args = arguments(__doc__, "eloialonso/iris")
     use_checkout(args.src, "models/world_model.py")
     stood_in = stand_in("gym", "torchvision", "psutil", classes={"gym": ("Env",)})
     # LPIPS (VGG16 weights from the network) is not built: with_lpips=False below
@@ -132,10 +126,9 @@ def main() -> int:
     tokenizer.eval()
     world_model.train()
     x = batch(seq_len)
-    times, share["transformer"] = cpu_share(lambda: timed(lambda: train_step(
+    out["transformer_step_s"], share["transformer"] = mean_time(lambda: train_step(
         lambda: world_model.compute_loss(x, tokenizer).loss_total, world_model, opt_wm,
-        wm["max_grad_norm"]), args.repeats))  # fmt: skip
-    out["transformer_step_s"] = sum(times) / len(times)
+        wm["max_grad_norm"]), args.repeats)  # fmt: skip
 
     world_model.eval()
     start = batch(1 + burn_in)["observations"][:, -1]
@@ -148,16 +141,15 @@ def main() -> int:
             for k in range(horizon):
                 env.step(zeros, should_predict_next_obs=k < horizon - 1)
 
-    times, share["imagination"] = cpu_share(lambda: timed(trajectory, args.repeats))
-    out["imagination_step_s"] = sum(times) / len(times) / horizon
+    sec, share["imagination"] = mean_time(trajectory, args.repeats)
+    out["imagination_step_s"] = sec / horizon
 
     actor_critic.train()
     x = batch(1 + burn_in)
     kwargs = {k: ac[k] for k in ("imagine_horizon", "gamma", "lambda_", "entropy_weight")}
-    times, share["agent"] = cpu_share(lambda: timed(lambda: train_step(
+    out["agent_update_s"], share["agent"] = mean_time(lambda: train_step(
         lambda: actor_critic.compute_loss(x, tokenizer, world_model, **kwargs).loss_total,
-        actor_critic, opt_ac, ac["max_grad_norm"]), args.repeats))  # fmt: skip
-    out["agent_update_s"] = sum(times) / len(times)
+        actor_critic, opt_ac, ac["max_grad_norm"]), args.repeats)  # fmt: skip
     out["cpu_share"] = {k: round(v, 3) for k, v in share.items()}
     print(json.dumps(out))
     return 0
