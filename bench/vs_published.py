@@ -73,6 +73,14 @@ def main(argv=None) -> int:
     }
     if not worlds:
         p.error("give --diamond-src and/or --iris-src")
+    if args.rounds < 1 or args.batch_size < 1 or args.threads < 1:
+        p.error("--rounds, --batch-size and --threads must be at least 1")
+    if args.core is not None:
+        if not hasattr(os, "sched_setaffinity"):
+            p.error("--core needs Linux (os.sched_setaffinity); leave it out here")
+        if args.core not in os.sched_getaffinity(0):
+            p.error(f"--core {args.core}: not one of this process's cores "
+                    f"{sorted(os.sched_getaffinity(0))}")  # fmt: skip
     for src in worlds.values():
         if not (src / "src").is_dir():
             p.error(f"{src} is not a checkout of the published code (no src/ folder)")
