@@ -20,10 +20,12 @@ world whose state has a bounded capacity (IRIS's key/value cache) declares
 ``imagine_refresh_due(state, steps)``, answered on the host from the number of steps since
 ``reset`` alone, and ``imagine_refresh(state)``, another static function, called before the steps
 it names. ``graphs="cuda"`` captures both as CUDA graphs (``"simulate"``: the same buffer
-semantics, eagerly, for CPU tests). The state is carried from step to step *in place* (finished rows are overwritten with
-their spares' rows), so the entries of the state a world returns must be its own tensors.
-(On CPU, without ``capture``, the row swap is skipped when no row finished: reading that on the
-host is free there.)
+semantics, eagerly, for CPU tests). The state is carried from step to step *in place* (finished
+rows are overwritten with their spares' rows: ``swap_rows_``, or the world's own
+``imagine_swap_rows_`` where it knows a cheaper way, as IRIS copies only the few cache slots a
+spare holds), so the entries of the state a world returns must be its own tensors. (On CPU,
+without ``capture``, the row swap is skipped when no row finished: reading that on the host is
+free there.)
 
 Agents that observe features (``observes="features"``) get ``world.features(state)`` ``(B, D)``
 instead of frames, in ``obs`` and in ``final_obs``. Pixel agents see context frames through
@@ -209,6 +211,7 @@ class DreamEnv:
             store, world.context_len, pad_left=world.context_len - 1, end_before_final=True,
             recency_weights=recency_weights, seed=seed,
         )  # fmt: skip
+        self._swap_rows = contract.swap_rows(world) or swap_rows_
         hooks = contract.refresh(world)
         self._refresh_due = None if hooks is None else hooks[0]
         self._refresh_world = None if hooks is None else hooks[1]
@@ -328,7 +331,7 @@ class DreamEnv:
             done = end | trunc
             rows = done.view(-1, *([1] * (final_obs.ndim - 1)))
             next_obs = torch.where(rows, spare_obs, final_obs)
-            swap_rows_(done, spare, state)
+            self._swap_rows(done, spare, state)
             t = torch.where(done, torch.zeros_like(t), t)
         return state, next_obs, t
 

@@ -93,6 +93,13 @@ class HalfRefresh(LatentWorld):
         return steps % 2 == 1
 
 
+class LazySwap(LatentWorld):
+    """Restarts no row: finished rows go on from where they ended."""
+
+    def imagine_swap_rows_(self, mask, spare, state):
+        return state
+
+
 class NoStages(LatentWorld):
     def stages(self):
         return {}
@@ -110,6 +117,8 @@ class NoStages(LatentWorld):
         (KeepsABuffer, "state['z'] is a parameter or buffer of the world"),
         (HalfRefresh, "has `imagine_refresh_due` but no `imagine_refresh`"),
         (NoStages, "stages() must return a non-empty dict"),
+        (LazySwap, "imagine_swap_rows_ gives other trajectories than swapping every state entry "
+                   "row-wise"),
     ],
     ids=lambda x: x.__name__ if isinstance(x, type) else "",
 )  # fmt: skip

@@ -16,9 +16,10 @@ import torch
 import torch._dynamo
 
 from worldmodels import config as C
+from worldmodels import contract
 from worldmodels.agents.actor_critic import ActorCritic
 from worldmodels.build import build_world
-from worldmodels.envs.dream import DreamEnv
+from worldmodels.envs.dream import DreamEnv, _clone, swap_rows_
 from worldmodels.envs.testing import BanditWorld, random_store
 from worldmodels.errors import UserError
 from worldmodels.graphs import CapturedCall, graphs_enabled
@@ -84,13 +85,18 @@ class CountingBackend:
         return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
 
 
-def _trajectories(world, *, capture=None, graphs=None, spares="fresh", act=None, n=3):
-    """``n`` whole trajectories (a reset before each) of 3 rows, actions from ``act``."""
+def _trajectories(
+    world, *, capture=None, graphs=None, spares="fresh", act=None, n=3, swap=None
+):  # fmt: skip
+    """``n`` whole trajectories (a reset before each) of 3 rows, actions from ``act``; ``swap``:
+    how finished rows restart (default: the world's own way, if it has one)."""
     torch.manual_seed(0)
     dream = DreamEnv(
         world, _store(), num_envs=3, horizon=HORIZON, device="cpu", seed=1, spares=spares,
         capture=capture, graphs=graphs,
     )  # fmt: skip
+    if swap is not None:
+        dream._swap_rows = swap
     agent = _agent()
     policy = act or _policy(agent)
     out = []
@@ -148,6 +154,36 @@ def test_captured_buffers_change_no_trajectory(name, spares):
     world = _world(name)
     eager = _trajectories(world, spares=spares, n=2)
     assert _equal(eager, _trajectories(world, graphs="simulate", spares=spares, n=2))
+
+
+@pytest.mark.parametrize("graphs", [None, "simulate"])
+@pytest.mark.parametrize("spares", ["fresh", "shared"])
+def test_iris_restarts_rows_from_the_slots_its_spares_hold_alone(spares, graphs):
+    """IRIS's own row swap copies only the key/value slots a spare can hold (the first
+    ``start_fill``) and gives bitwise the trajectories of the swap that copies every slot, in
+    trajectories whose rows end early, restart and pass a cache refresh."""
+    world = _world("iris")
+    assert contract.swap_rows(world) is not None
+    own = _trajectories(world, spares=spares, graphs=graphs, n=2)
+    assert _equal(own, _trajectories(world, spares=spares, graphs=graphs, n=2, swap=swap_rows_))
+
+    torch.manual_seed(0)
+    dream = DreamEnv(world, _store(), num_envs=3, horizon=HORIZON, device="cpu", spares=spares)
+    dream.reset()
+    dream.step(torch.zeros(3, dtype=torch.long))
+    state, spare = _clone(dream._state), dream._spare
+    slots = spare["start_fill"]
+    assert 0 < slots < state["keys"].shape[3]
+    mask = torch.tensor([True, False, True])
+    out = world.imagine_swap_rows_(mask, spare, _clone(state))
+    for key in ("keys", "values"):
+        assert torch.equal(out[key][mask, ..., :slots, :], spare[key][mask, ..., :slots, :])
+        assert torch.equal(out[key][:, ..., slots:, :], state[key][:, ..., slots:, :])
+        assert torch.equal(out[key][~mask], state[key][~mask])
+    for key in ("kv_valid", "tokens", "actions", "valid", "pos"):
+        assert torch.equal(out[key], torch.where(mask.view(-1, *[1] * (out[key].ndim - 1)),
+                                                 spare[key], state[key]))  # fmt: skip
+    assert not out["kv_valid"][mask, slots:].any()  # the old row's keys: invalid for the new
 
 
 def test_shared_spares_restart_from_their_own_context():

@@ -25,7 +25,7 @@ from torch.utils._pytree import tree_flatten
 from worldmodels import contract
 from worldmodels.checkpoint import load_checkpoint, save_checkpoint
 from worldmodels.contract import ContractError, describe
-from worldmodels.envs.dream import DreamEnv, imagine_step
+from worldmodels.envs.dream import DreamEnv, imagine_step, swap_rows_
 from worldmodels.envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import ReplayStore, SegmentSampler
@@ -230,7 +230,8 @@ def check_world(
     scalar logs, an update that changes the weights: on a copy, with ``train``), imagination
     (``imagine_start``/``imagine_step`` with and without ``render``: shapes, dtypes, devices,
     batch-first states of the world's own tensors), features/``observe``/``agent_view``/
-    ``reconstruct``/``hot_modules`` where present, determinism under ``torch.manual_seed(seed)``
+    ``reconstruct``/``hot_modules`` where present, that its own ``imagine_swap_rows_`` (if any)
+    gives the trajectories of the row-wise swap, determinism under ``torch.manual_seed(seed)``
     (and ``reseed(seed)``), a checkpoint round trip into a freshly built world, ``DreamEnv`` for
     pixel and feature agents, and, where it declares ``graph_capture = True``, that the
     CUDA-graph buffer semantics (``graphs="simulate"``) change no trajectory; with ``compile``
@@ -574,7 +575,8 @@ def _check_reward_end_probs(
 
 def _dream_run(world: Any, store: ReplayStore, device: torch.device, seed: int, *,
                observes: str = "pixels", graphs: str | None = None, capture: Any = None,
-               read_done_on_host: bool | None = None) -> list[Tensor]:  # fmt: skip
+               read_done_on_host: bool | None = None,
+               generic_swap: bool = False) -> list[Tensor]:  # fmt: skip
     _seed(world, seed)
     dream = DreamEnv(
         world, store, num_envs=BATCH, horizon=3, device=device, seed=seed, observes=observes,
@@ -582,6 +584,8 @@ def _dream_run(world: Any, store: ReplayStore, device: torch.device, seed: int, 
     )  # fmt: skip
     if read_done_on_host is not None:
         dream.read_done_on_host = read_done_on_host
+    if generic_swap:
+        dream._swap_rows = swap_rows_
     g = torch.Generator().manual_seed(seed)
     out: list[Tensor] = []
     for _ in range(2):
@@ -635,6 +639,13 @@ def _check_dream(
             device,
             "(B, D)",
         )
+    if contract.swap_rows(world) is not None:
+        with _phase(fail, "imagine_swap_rows_"):
+            own = _dream_run(world, store, device, seed)
+        if not _equal(own, _dream_run(world, store, device, seed, generic_swap=True)):
+            raise fail(
+                "imagine_swap_rows_ gives other trajectories than swapping every state entry row-wise (envs.dream.swap_rows_): a restarted row must imagine exactly as its spare would"
+            )
     if device.type == "cpu":  # DreamEnv's CPU shortcut: no row swap where no row finished
         a = _dream_run(world, store, device, seed, read_done_on_host=True)
         b = _dream_run(world, store, device, seed, read_done_on_host=False)

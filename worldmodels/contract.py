@@ -18,6 +18,8 @@ world capability              accessor (what the framework does with it)
 ``reward_end_probs``          ``reward_end_probs(world)``: teacher-forced reward/end scores
 ``imagine_refresh_due`` and   ``refresh(world)``: a state of bounded capacity (IRIS's
 ``imagine_refresh``           key/value cache)
+``imagine_swap_rows_``        ``swap_rows(world)``: how ``DreamEnv`` restarts finished rows
+                              from their spares (default: every entry row-wise)
 ``graph_capture``             ``capture_refusal(world)``: CUDA graphs / static steps
 ``schedule``                  ``schedule_kind(world)``: "online" (default) or "staged"
 ``schedule_defaults``         ``schedule_defaults(world_cls)``: under the presets
@@ -319,6 +321,14 @@ def refresh(world: Any) -> tuple[Callable[[dict, int], bool], Callable[[dict], d
         )  # fmt: skip
         raise ContractError(f"{describe('world', world)} has `{has}` but no `{lacks}`")
     return due, fn
+
+
+def swap_rows(world: Any) -> Callable[[Any, dict, dict], dict] | None:
+    """``world.imagine_swap_rows_(mask, spare, state)``: the rows ``mask`` of the running
+    ``state`` restarted from ``spare``'s, in place, where the world knows a cheaper way than
+    copying every entry row-wise (``envs.dream.swap_rows_``; None: that one). It must give the
+    same trajectories."""
+    return _method(world, "imagine_swap_rows_")
 
 
 def capture_refusal(world: Any) -> str | None:

@@ -215,6 +215,11 @@ class IrisWorld(nn.Module):
         """The state with its cache rebuilt from each row's window (static shapes)."""
         return self.dynamics.refresh(state)
 
+    def imagine_swap_rows_(self, mask: Tensor, spare: dict, state: dict) -> dict:
+        """Finished rows restarted from their spares, in place: only the key/value slots a
+        spare can hold are copied (see ``TransformerDynamics.swap_rows_``)."""
+        return self.dynamics.swap_rows_(mask, spare, state)
+
     @torch.no_grad()
     def reward_end_probs(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced on real frames ``obs (B, T, C, H, W)`` uint8, ``act (B, T)``, ``mask
