@@ -31,12 +31,12 @@ ROWS = {
     "diffusion": [
         ("denoiser step", "denoiser_train_s_per_step", "denoiser_step_s"),
         ("reward/end step", "reward_end_train_s_per_step", "reward_end_step_s"),
-        ("imagination step", "imagination_s_per_step", "imagination_step_s"),
+        ("imagined trajectory", "imagination_trajectory_s", "imagination_trajectory_s"),
         ("actor-critic update", "agent_update_s", "agent_update_s"),
     ],
     "iris": [
         ("transformer step", "transformer_train_s_per_step", "transformer_step_s"),
-        ("imagination step", "imagination_s_per_step", "imagination_step_s"),
+        ("imagined trajectory", "imagination_trajectory_s", "imagination_trajectory_s"),
         ("actor-critic update", "agent_update_s", "agent_update_s"),
     ],
 }
@@ -128,6 +128,10 @@ def main(argv=None) -> int:
                 line += f"{a:>11.3f}{pub / a:>11.2f}x"
                 summary[f"{world}/{row}"].update(ours_auto=a, ratio_auto=pub / a)
             lines.append(line)
+        mine, theirs = raw[world]["ours"][0], raw[world]["published"][0]
+        lines.append(f"  (an imagined trajectory: a reset and the steps the actor-critic trains "
+                     f"on, ours {mine['imagination_horizon']}, the published code's "
+                     f"{theirs['trained_transitions']} of {theirs['horizon']} steps)")  # fmt: skip
         shares = [min(o["cpu_share"].values()) for o in raw[world]["published"]]
         lines.append(f"  (published code's lowest share of its core: {min(shares):.2f}; "
                      "below ~0.95 another process shared it)")  # fmt: skip

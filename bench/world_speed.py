@@ -200,6 +200,7 @@ def measure(
     warm = 2 if graphs else 1
     sec = timed(trajectory, reps, warm, device) / horizon
     out[f"imagination_s_per_step{tag}"] = sec  # resets included
+    out[f"imagination_trajectory_s{tag}"] = sec * horizon  # a reset and the horizon's steps
     out[f"imagination_frames_per_s{tag}"] = b / sec
     out[f"imagination_step_only_s{tag}"] = sum(step_s[warm:]) / reps
     out[f"imagination_reset_s{tag}"] = sum(reset_s[warm:]) / reps

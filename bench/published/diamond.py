@@ -11,8 +11,9 @@ for logging, is stood in for where it is missing. Figures:
 * ``denoiser_step_s``: loss + backward + clip + AdamW on ``batch`` segments of the published length
   (4 context frames + 1 + 1 autoregressive step: 2 denoising passes, as our denoiser stage does);
 * ``reward_end_step_s``: the same for the reward/end model (19-step segments);
-* ``imagination_step_s``: ``WorldModelEnv`` with ``batch`` rows, whole 15-step trajectories with
-  their resets (its first reset preloads 256 batches of contexts; timed apart as ``preload_s``);
+* ``imagination_trajectory_s``: ``WorldModelEnv`` with ``batch`` rows, a whole 15-step trajectory
+  with its reset (its first reset preloads 256 batches of contexts; timed apart as
+  ``preload_s``); ``imagination_step_s``: the same per step;
 * ``agent_update_s``: ``ActorCritic.compute_loss`` (15 imagined steps, with the restarts and
   burn-ins of rows that end) + backward + clip + AdamW.
 """
@@ -153,7 +154,9 @@ def main() -> int:
                 env.step(zeros)
 
     sec, share["imagination"] = mean_time(trajectory, args.repeats)
+    out["imagination_trajectory_s"] = sec
     out["imagination_step_s"] = sec / wm_cfg.horizon
+    out["trained_transitions"] = wm_cfg.horizon  # the actor-critic's loss reads every step
 
     ac = agent.actor_critic
     out["agent_update_s"], share["agent"] = mean_time(

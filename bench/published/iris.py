@@ -14,8 +14,10 @@ timed here. Figures:
 * ``transformer_step_s``: ``WorldModel.compute_loss`` on ``batch`` 20-frame segments (which
   tokenizes every frame of the batch with the frozen tokenizer, as the published trainer does
   on every step) + backward + clip + AdamW;
-* ``imagination_step_s``: ``WorldModelEnv`` with ``batch`` rows, reset from a real frame, then
-  20 steps (no frame decoded after the last, as ``ActorCritic.imagine`` does), per step;
+* ``imagination_trajectory_s``: ``WorldModelEnv`` with ``batch`` rows, reset from a real frame,
+  then 20 steps, the last without a next frame (its reward only), as ``ActorCritic.imagine``
+  does: 20 frames, of which ``ActorCritic.compute_loss`` trains on the first 19 transitions
+  (``trained_transitions``); ``imagination_step_s``: the same per step;
 * ``agent_update_s``: ``ActorCritic.compute_loss`` (the 20-frame burn-in through the tokenizer's
   reconstructions, then 20 imagined steps) + backward + clip + Adam.
 """
@@ -142,7 +144,9 @@ def main() -> int:
                 env.step(zeros, should_predict_next_obs=k < horizon - 1)
 
     sec, share["imagination"] = mean_time(trajectory, args.repeats)
+    out["imagination_trajectory_s"] = sec
     out["imagination_step_s"] = sec / horizon
+    out["trained_transitions"] = horizon - 1  # compute_loss drops the last action and reward
 
     actor_critic.train()
     x = batch(1 + burn_in)

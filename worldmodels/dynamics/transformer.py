@@ -60,8 +60,8 @@ leaves ``fill >= M - 2``. (The refresh may come before a restarted row needs it,
 results.) So from a short context (IRIS: 1 frame) the first ``W`` imagined frames cost ``K``
 cached calls each and every later one a refresh (one call over ``W * (K + 1) - 2`` tokens, IRIS:
 321) plus ``K`` cached calls; ``rebuild_keep_frames = k`` refreshes only every ``W + 1 - k``
-frames, for the approximation above. (IRIS's imagination, horizon 20 from 1 frame: one refresh,
-before the 20th step.)
+frames, for the approximation above. (IRIS's imagination, 19 steps from 1 frame, as its
+published 20-frame trajectories: no refresh; a 20th step would need one first.)
 
 Buffers. ``step`` writes the new tokens' keys, values and ``kv_valid`` in place, at slots
 ``fill ..`` of every row of the state it is given: slots that are scratch for that state (never

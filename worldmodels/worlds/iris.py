@@ -99,9 +99,13 @@ class IrisWorld(nn.Module):
         # from the same contexts keeps its start-up cost, each reset encoding num_envs contexts.
         "dream_spares": "shared",
     }  # fmt: skip
+    # horizon 19: the published code's 20-step imagination trains on its first 19 transitions
+    # (20 frames: it drops the last action and reward and bootstraps from the 20th frame's
+    # value); here ``horizon`` counts trained transitions. The trajectory, 1 + 19 frames, then
+    # fits the transformer's 20-frame context, as there: no key/value cache refresh.
     agent_defaults: ClassVar[dict] = {
         "actor_critic": {
-            "horizon": 20, "num_envs": 64, "gamma": 0.995, "lambda_": 0.95,
+            "horizon": 19, "num_envs": 64, "gamma": 0.995, "lambda_": 0.95,
             "entropy_weight": 0.001,
             "training": {
                 "steps_per_epoch": 200, "first_epoch_steps": 0, "start_epoch": 51, "lr": 1e-4,
