@@ -87,12 +87,17 @@ def swap_rows_(mask: Tensor, spare: dict[str, Any], state: dict[str, Any]) -> di
     """``where_rows(mask, spare, state)`` written into ``state``'s own tensors (no new buffers:
     a state carried in place through a CUDA graph is never copied); returns ``state``. The
     running state keeps its dtypes (under autocast a step may return bf16 where the start gave
-    fp32)."""
+    fp32). Entries may be views into larger buffers (a world's ``imagine_swap_rows_`` narrows
+    them to the part a spare holds); those are written through a copy."""
     for key, value in state.items():
         if _shared(value):
             continue
         m = mask.view(-1, *([1] * (value.ndim - 1)))
-        torch.where(m, spare[key].to(value.dtype), value, out=value)
+        src = spare[key].to(value.dtype)
+        if value.is_contiguous():
+            torch.where(m, src, value, out=value)
+        else:  # a strided view: out= would not compile (dynamo), copy_ does
+            value.copy_(torch.where(m, src, value))
     return state
 
 

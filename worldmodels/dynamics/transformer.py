@@ -406,27 +406,6 @@ class TransformerDynamics(nn.Module):
         }
 
     @torch.no_grad()
-    def swap_rows_(self, mask: Tensor, spare: ImagState, state: ImagState) -> ImagState:
-        """Rows ``mask (B,)`` bool of ``state`` restarted from ``spare``'s, written into
-        ``state``'s own tensors (static shapes; returns ``state``). ``spare`` comes from the same
-        ``start`` call as ``state`` (or one with fewer frames) and was never stepped, so its
-        tokens lie in the cache's first ``spare["start_fill"]`` slots: only those slots of the
-        keys and values are copied (IRIS from one frame: 15 of 340), every other entry whole.
-        The running row's keys above them stay, finite, and are invalid for the restarted row
-        (``kv_valid`` is copied whole): the same trajectories as ``envs.dream.swap_rows_``,
-        which copies every slot."""
-        slots = int(spare["start_fill"])
-        for key, value in state.items():
-            if not isinstance(value, Tensor) or value.ndim == 0:
-                continue  # shared by every row: the running state's
-            src = spare[key].to(value.dtype)
-            if key in ("keys", "values"):  # (B, L, heads, M, head_dim)
-                value, src = value.narrow(3, 0, slots), src.narrow(3, 0, slots)
-            m = mask.view(-1, *([1] * (value.ndim - 1)))
-            value.copy_(torch.where(m, src, value))
-        return state
-
-    @torch.no_grad()
     def step(
         self, state: ImagState, action: Tensor, *, temperature: float = 1.0,
         return_logits: bool = False,

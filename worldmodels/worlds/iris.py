@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from worldmodels.dynamics.transformer import TransformerDynamics, TransformerDynamicsConfig
 from worldmodels.encoders.vqvae import VQVAE, VQVAEConfig
+from worldmodels.envs.dream import swap_rows_
 from worldmodels.frame_cache import FrameCache
 from worldmodels.interfaces import Batch, EnvInfo
 from worldmodels.nn.pixels import to_uint8
@@ -220,9 +221,20 @@ class IrisWorld(nn.Module):
         return self.dynamics.refresh(state)
 
     def imagine_swap_rows_(self, mask: Tensor, spare: dict, state: dict) -> dict:
-        """Finished rows restarted from their spares, in place: only the key/value slots a
-        spare can hold are copied (see ``TransformerDynamics.swap_rows_``)."""
-        return self.dynamics.swap_rows_(mask, spare, state)
+        """Finished rows restarted from their spares, in place (``envs.dream.swap_rows_``), but
+        the keys and values only in the cache's first ``spare["start_fill"]`` slots (15 of 340
+        from one frame): a spare comes from the same ``start`` call as the running rows (or one
+        with fewer frames) and is never stepped, so its tokens all lie there. The running row's
+        keys above them stay, finite, and are invalid for the restarted row (``kv_valid`` is
+        copied whole): the same trajectories as copying every slot."""
+        slots = int(spare["start_fill"])
+
+        def head(s: dict) -> dict:  # views: the swap writes into the state's own buffers
+            return {**s, "keys": s["keys"].narrow(3, 0, slots),
+                    "values": s["values"].narrow(3, 0, slots)}  # fmt: skip
+
+        swap_rows_(mask, head(spare), head(state))
+        return state
 
     @torch.no_grad()
     def reward_end_probs(self, obs: Tensor, act: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
