@@ -6,7 +6,9 @@ update trains like the eager one. The CPU stand-ins for CUDA graph capture:
   dependent Python control flow) and counts a recompile for any change of shapes, strides,
   Python values or aliasing from step to step;
 * ``graphs="simulate"`` runs the captured code path with its static buffers (inputs copied in,
-  outputs overwritten by the next call), eagerly.
+  outputs overwritten by the next call), eagerly, and audits the capture and every replay kernel
+  by kernel for what CUDA capture refuses (host reads, host data, own generators) or a replay
+  would not repeat (other kernels, other Python values, a reassigned tensor).
 """
 
 import dataclasses
@@ -22,7 +24,7 @@ from worldmodels.build import build_world
 from worldmodels.envs.dream import DreamEnv, _clone, swap_rows_
 from worldmodels.envs.testing import BanditWorld, random_store
 from worldmodels.errors import UserError
-from worldmodels.graphs import CapturedCall, graphs_enabled
+from worldmodels.graphs import CapturedCall, NotCapturable, graphs_enabled
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.sampling import sample_categorical
 from worldmodels.training import StageTrainer
@@ -224,6 +226,99 @@ def test_captured_call_semantics():
     assert cap.captures == 1  # the inner call ran inline
 
 
+class _Counter:
+    calls = 0
+
+
+_HELD = {"t": torch.ones(4)}
+_GEN = torch.Generator().manual_seed(0)
+
+
+def _counting(v):
+    _Counter.calls += 1
+    return v * _Counter.calls
+
+
+def _reassigning(v):
+    out = v + _HELD["t"]
+    _HELD["t"] = torch.ones(4)  # a new tensor: a replay would still read the old one
+    return out
+
+
+def _alternating(v):
+    _Counter.calls += 1
+    return v.exp() if _Counter.calls % 2 else v.sin()
+
+
+def _one_element(v):
+    out = v.clone()
+    out[0] = 1.0
+    return out
+
+
+@pytest.mark.parametrize(
+    "fn, says",
+    [
+        (lambda v: v * 2 if v.sum() > 0 else v, "_local_scalar_dense reads a tensor's value"),
+        (lambda v: v + v.max().item(), "_local_scalar_dense reads a tensor's value"),
+        (lambda v: v + v.tolist()[0], r"\.tolist\(\) copies a tensor to the host"),
+        (lambda v: v + v.cpu(), r"\.cpu\(\) copies a tensor to the host"),
+        (lambda v: v[v > 0].sum(), "indexes with a boolean mask"),
+        (lambda v: v.nonzero().sum(), "nonzero sizes its output by the values"),
+        (lambda v: v + torch.tensor(1.0), "add.Tensor reads a tensor made from host data"),
+        (_one_element, "copy_ reads a tensor made from host data"),
+        (lambda v: v + torch.rand(4, generator=_GEN), "draws from a torch.Generator of its own"),
+        (_counting, r"kernel 1 gives aten::mul.Tensor other arguments .*argument 1: 2 at "
+                    "capture, 3 now"),
+        (_reassigning, "a tensor from outside the call that is not the one the capture read"),
+        (_alternating, "kernel 1 runs aten::exp where the capture ran aten::sin"),
+    ],
+)  # fmt: skip
+def test_the_simulated_capture_refuses_what_cuda_graphs_would(fn, says):
+    """Under ``mode="simulate"`` the capture and every replay are audited kernel by kernel: a host
+    synchronisation, host data, an own generator, or a replay that would not repeat the
+    capture's kernels is one error naming the operation and the line that ran it."""
+    _Counter.calls = 0
+    cap = CapturedCall(fn, mode="simulate", warmup=1, name="probe")
+    x = torch.randn(4).abs() + 0.5
+    cap(x)  # the warm-up is eager, as on CUDA: host reads are allowed there
+    with pytest.raises(NotCapturable, match=f"probe cannot be replayed as a CUDA graph: .*{says}"):
+        for _ in range(3):
+            cap(x)
+    try:
+        for _ in range(3):
+            cap(x)
+    except NotCapturable as e:
+        assert "tests/test_graphs.py:" in str(e)  # the line that ran it
+
+
+def test_the_audit_lets_static_steps_through():
+    """What CUDA graphs replay passes the audit: in-place state, slices filled with a Python
+    value, ``one_hot`` with its number of classes (the CPU's own value check is not a CUDA
+    one), global RNG draws, and a whole fused-AdamW training step with its learning rate as a
+    tensor."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=torch.tensor(1e-2), fused=True, capturable=True)
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+
+    def step(v, a):
+        opt.zero_grad(set_to_none=True)
+        mask[:, 1] = True
+        hot = torch.nn.functional.one_hot(a, 3).float()
+        loss = ((net(v) - hot).square() * mask[0, :3]).mean() + torch.rand(()) * 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        return loss.detach()
+
+    cap = CapturedCall(step, mode="simulate", warmup=2)
+    x, a = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
+    losses = [float(cap(x, a)) for _ in range(6)]
+    assert cap.captures == 1 and cap.replays == 4
+    assert losses[-1] < losses[0]
+
+
 def test_worlds_that_do_not_declare_capture_are_refused():
     with pytest.raises(ValueError, match="cannot be captured: it does not declare"):
         DreamEnv(BanditWorld(), random_store(), num_envs=2, horizon=2, device="cpu",
@@ -239,7 +334,7 @@ def test_cuda_graphs_setting():
         graphs_enabled("yes", cpu)
 
 
-def _train(name, graphs, steps=4, lr=None):
+def _train(name, graphs, steps=4, lr=None, amp=False):
     world = _world(name).train()
     torch.manual_seed(0)
     logs = []
@@ -249,25 +344,28 @@ def _train(name, graphs, steps=4, lr=None):
             training = dataclasses.replace(training, lr=lr)
         trainer = StageTrainer(
             dataclasses.replace(stage, training=training), _store(), torch.device("cpu"),
-            seed=0, graphs=graphs,
+            seed=0, graphs=graphs, amp=amp,
         )  # fmt: skip
         logs.append(trainer.train(steps))
     return world, logs
 
 
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
-def test_graphed_stage_steps_train_like_eager_ones(name):
+def test_graphed_stage_steps_train_like_eager_ones(name, amp):
     """Each stage's whole step (loss, backward, clipping, fused AdamW with the learning rate as
-    a tensor) through the captured code path: the same weights as eager steps, up to the
-    rounding of the fused optimizer."""
-    eager, eager_logs = _train(name, False)
-    graphed, graphed_logs = _train(name, "simulate")
+    a tensor) through the captured code path, audited for what CUDA capture refuses, in fp32 and
+    under bf16 autocast: the same weights as eager steps, up to the rounding of the fused
+    optimizer (and, in bf16, of the weights' casts)."""
+    eager, eager_logs = _train(name, False, amp=amp)
+    graphed, graphed_logs = _train(name, "simulate", amp=amp)
+    tol = {"rtol": 2e-2, "atol": 2e-3} if amp else {"rtol": 1e-4, "atol": 1e-5}
     for (k, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+            torch.testing.assert_close(a, b, **tol, msg=k)
     for a, b in zip(eager_logs, graphed_logs, strict=True):
         assert a.keys() == b.keys()
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=tol["rtol"])
 
 
 @pytest.mark.parametrize("graphs", [False, "simulate"])
@@ -299,8 +397,8 @@ def test_non_finite_steps_change_nothing(graphs):
     assert not torch.equal(before[0], net.weight)
 
 
-def _agent_updates(graphs, n=3):
-    world = _world("diffusion")
+def _agent_updates(graphs, name="diffusion", n=3):
+    world = _world(name)
     torch.manual_seed(0)
     agent = _agent().train()
     agent.config = dataclasses.replace(agent.config, num_envs=3, horizon=HORIZON)
@@ -310,11 +408,13 @@ def _agent_updates(graphs, n=3):
     return agent, logs
 
 
-def test_graphed_agent_update_trains_like_the_eager_one():
-    """The actor-critic's whole update (rollout from sampled contexts, loss, backward, optimizer
-    step) through the captured code path gives the eager update's weights and logs."""
-    eager, eager_logs = _agent_updates(None)
-    graphed, graphed_logs = _agent_updates("simulate")
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_graphed_agent_update_trains_like_the_eager_one(name):
+    """The actor-critic's whole update (the dream's reset from sampled contexts, the rollout, loss,
+    backward, optimizer step) through the captured code path, audited for what CUDA capture
+    refuses, gives the eager update's weights and logs."""
+    eager, eager_logs = _agent_updates(None, name)
+    graphed, graphed_logs = _agent_updates("simulate", name)
     for a, b in zip(eager.parameters(), graphed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     for a, b in zip(eager_logs, graphed_logs, strict=True):

@@ -240,7 +240,8 @@ class Updater:
         if self._captured is None:
             self._captured_loss = loss_fn
             mode: Literal["cuda", "simulate"] = "cuda" if self.graphs == "cuda" else "simulate"
-            self._captured = CapturedCall(self._static_step, mode=mode, name="train_step")
+            name = f"{type(self.module).__name__}'s training step"
+            self._captured = CapturedCall(self._static_step, mode=mode, name=name)
         elif loss_fn != self._captured_loss:
             raise ValueError("a graphed Updater trains one loss function; build another for this")
         return logs_to_floats(self._captured(x))

@@ -242,8 +242,8 @@ class TransformerDynamics(nn.Module):
         prev = F.pad(h[:, :-1], (0, 0, 1, 0))  # (B, T * (K + 1), D), shifted right by one
         prev = prev.view(b, t, k + 1, d)[:, :, :k]  # (B, T, K, D): the features before o_t^k
         obs = self.obs_head(prev)  # (B, T, K, vocab)
-        first = torch.zeros(t, k, 1, dtype=torch.bool, device=h.device)
-        first[0, 0] = True
+        # (t, k) = (0, 0); not first[0, 0] = True, a copy from the host on CUDA (a captured step)
+        first = torch.arange(t * k, device=h.device).view(t, k, 1) == 0
         obs = obs.masked_fill(first, 0.0)
         at_action = h.view(b, t, k + 1, d)[:, :, k]  # (B, T, D): the features at a_t
         return {"obs": obs, "reward": self.reward_head(at_action), "end": self.end_head(at_action)}
@@ -265,8 +265,7 @@ class TransformerDynamics(nn.Module):
         out = self(tokens, actions, mask)
         b, t, k = tokens.shape
         prev_real = F.pad(mask[:, :-1], (1, 0), value=False)  # (B, T): frame t - 1 is real
-        first_token = torch.zeros(k, dtype=torch.bool, device=tokens.device)
-        first_token[0] = True
+        first_token = torch.arange(k, device=tokens.device) == 0  # (K,): no copy from the host
         obs_valid = mask[:, :, None] & (prev_real[:, :, None] | ~first_token)  # (B, T, K)
         obs_ce = F.cross_entropy(out["obs"].flatten(0, 2), tokens.flatten(), reduction="none")
         obs_ce = obs_ce.view(b, t, k)  # (B, T, K)
@@ -326,7 +325,7 @@ class TransformerDynamics(nn.Module):
         # from spares: keep them finite, as 0 * NaN in the attention would not be.
         cache.k.zero_()
         cache.v.zero_()
-        cache.size = torch.tensor(offset, device=tokens.device)
+        cache.size = torch.full((), offset, dtype=torch.long, device=tokens.device)  # no host copy
         h: Tensor | None = None
         if length > 0:  # the features of the last token only, if any
             out = self.gpt(x[:, :length], cache, valid=key_valid[:, :length], last=int(drop == 0))

@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodels import graphs
+
 CPU_READS_FILLED_SLOTS = True
 """Eager calls on a CPU with a tensor-filled cache read the fill back (free there) to attend over
 the filled slots only; switched off, they run exactly the static computation (the tests that
-check that imagination reads nothing back)."""
+check that imagination reads nothing back). Never inside a captured function (``graphs``): its
+CPU stand-in runs what a CUDA graph would."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class GPT(nn.Module):
                 CPU_READS_FILLED_SLOTS
                 and start.device.type == "cpu"
                 and not torch.compiler.is_compiling()
+                and not graphs.capturing()
             ):
                 # Eager on a CPU, reading the fill is free, and the attention of a few new
                 # tokens is bound by the bytes of keys and values it reads: only the filled
