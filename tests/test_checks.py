@@ -100,6 +100,31 @@ class LazySwap(LatentWorld):
         return state
 
 
+class ReadsItsLoss(LatentWorld):
+    """Declares graph_capture but reads its loss on the host (a sync inside a captured step)."""
+
+    def stages(self):
+        stage = super().stages()["model"]
+
+        def loss(batch):
+            loss, logs = stage.loss(batch)
+            return loss, {**logs, "loss_value": loss.item()}
+
+        return {"model": dataclasses.replace(stage, loss=loss)}
+
+
+class CountsSteps(LatentWorld):
+    """Declares graph_capture but scales its reward by a Python counter that a replay would not
+    advance."""
+
+    steps = 0
+
+    def imagine_step(self, state, action, *, render=True):
+        state, obs, reward, end = super().imagine_step(state, action, render=render)
+        self.steps += 1
+        return state, obs, reward * (1 + self.steps % 2), end
+
+
 class NoStages(LatentWorld):
     def stages(self):
         return {}
@@ -119,6 +144,11 @@ class NoStages(LatentWorld):
         (NoStages, "stages() must return a non-empty dict"),
         (LazySwap, "imagine_swap_rows_ gives other trajectories than swapping every state entry "
                    "row-wise"),
+        (ReadsItsLoss, "stage 'model': its training step under graphs='simulate' raised "
+                       "NotCapturable: ReadsItsLoss's training step cannot be replayed as a CUDA "
+                       "graph: aten::_local_scalar_dense reads a tensor's value on the host"),
+        (CountsSteps, "imagination under graphs='simulate' raised NotCapturable: imagine_step "
+                      "cannot be replayed as a CUDA graph: kernel"),
     ],
     ids=lambda x: x.__name__ if isinstance(x, type) else "",
 )  # fmt: skip

@@ -29,7 +29,7 @@ from worldmodels.envs.dream import DreamEnv, imagine_step, swap_rows_
 from worldmodels.envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import ReplayStore, SegmentSampler
-from worldmodels.training import Stage, Updater
+from worldmodels.training import Stage, StageTrainer, Updater
 
 BATCH = 3  # imagined rows in every check (a small odd number: no accidental broadcasting)
 
@@ -227,7 +227,9 @@ def check_world(
     """Run the world contract on ``world`` (built for ``env_info``); raises ``ContractError``.
 
     Checks the required members and declared capabilities, the stages (a finite 0-dim loss,
-    scalar logs, an update that changes the weights: on a copy, with ``train``), imagination
+    scalar logs, an update that changes the weights: on a copy, with ``train``; where the world
+    declares ``graph_capture = True``, its training steps through the audited CUDA-graph code
+    path, ``graphs="simulate"``), imagination
     (``imagine_start``/``imagine_step`` with and without ``render``: shapes, dtypes, devices,
     batch-first states of the world's own tensors), features/``observe``/``agent_view``/
     ``reconstruct``/``hot_modules`` where present, that its own ``imagine_swap_rows_`` (if any)
@@ -321,6 +323,11 @@ def _check_stages(
             raise fail(
                 f"stage {name!r}: an update did not change the weights (does the loss depend on them?)"
             )
+        if contract.capture_refusal(world) is None:  # its steps replay as CUDA graphs too
+            small = dataclasses.replace(stage, training=dataclasses.replace(t, batch_size=2))
+            graphed = StageTrainer(small, store, device, seed=seed, graphs="simulate")
+            with _phase(fail, f"stage {name!r}: its training step under graphs='simulate'"):
+                graphed.train(4)  # two eager warm-ups, the capture, one audited replay
 
 
 def _shape(x: Any) -> tuple:
