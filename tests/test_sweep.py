@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from worldmodels.__main__ import cli
 from worldmodels.sweep import (
     last_error_line,
     local_slots,
@@ -170,14 +171,27 @@ def test_a_failing_run_is_listed_and_the_others_finish(tmp_path):
         (["--slurm", "partition=gpu"], "--slurm parameters need --executor slurm"),
     ],
 )
-def test_bad_specs_are_one_line_errors(tmp_path, extra, message):
+def test_bad_specs_are_one_line_errors(tmp_path, monkeypatch, capsys, extra, message):
+    """In this process (``python -m worldmodels``'s ``cli``), as the first case shows a real
+    process does."""
     root = tmp_path / "sw"
-    cmd = [sys.executable, "-m", "worldmodels", "sweep", "--envs", "Breakout", "--seeds", "0",
-           "--world", "diffusion", "--preset", "test", "--dir", str(root), *extra]  # fmt: skip
-    out = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
-    assert message in out.stderr
+    args = ["sweep", "--envs", "Breakout", "--seeds", "0", "--world", "diffusion", "--preset",
+            "test", "--dir", str(root), *extra]  # fmt: skip
+    if extra == ["--seeds", "3-1"]:
+        cmd = [sys.executable, "-m", "worldmodels", *args]
+        out = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        rc, stderr = out.returncode, out.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        try:
+            rc = cli(args)
+        except SystemExit as exc:  # argparse exits by itself on a bad flag
+            rc = exc.code
+        stderr = capsys.readouterr().err
+    assert rc == 2
+    assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert message in stderr
     assert not root.exists()  # refused before anything was written
 
 
