@@ -451,15 +451,22 @@ def test_cuda_graphs_give_the_eager_results_on_cuda():
 @pytest.mark.parametrize("graphs", [None, "simulate"])
 @pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
 def test_bf16_imagination_keeps_its_dtypes(name, graphs):
-    """Under bf16 autocast a step may return bf16 entries where the start gave fp32: the in-place
-    restarts keep the running state's dtypes, and the step's outputs are what they always are."""
+    """Under bf16 autocast the state a step returns has the dtypes of the state it was given
+    (else a captured step would need a second graph, and a compiled one would recompile, once
+    the first step's state came back in other dtypes), and the step's outputs are what they
+    always are."""
     world = _world(name)
     dream = DreamEnv(world, _store(), num_envs=3, horizon=HORIZON, device="cpu", seed=1,
                      amp=True, graphs=graphs)  # fmt: skip
     torch.manual_seed(0)
     for _ in range(2):
         dream.reset()
+        start = {k: v.dtype for k, v in dream._state.items() if isinstance(v, torch.Tensor)}
         for t in range(HORIZON):
             obs, rew, term, trunc, info = dream.step(torch.tensor([t % 4, 1, 2]))
             assert obs.dtype == info["final_obs"].dtype == torch.uint8
             assert rew.dtype == torch.float32 and term.dtype == trunc.dtype == torch.bool
+            now = {k: v.dtype for k, v in dream._state.items() if isinstance(v, torch.Tensor)}
+            assert now == start
+    if graphs:
+        assert dream._step_fn.captures == 1  # one graph for every step of both trajectories

@@ -225,8 +225,13 @@ class MDNRNN(nn.Module):
         (B, Z), reward (B,) float32 in {-1, 0, 1}, end (B,) bool, state, h (B, hidden))``. The
         next latent, the reward sign and the end flag are sampled (global torch RNG); without a
         reward (end) head the reward is 0 (end False). ``h`` is the new state's hidden vector,
-        which the paper's controller reads together with ``z_next``."""
+        which the paper's controller reads together with ``z_next``. The state keeps the dtypes
+        it came in (fp32 under bf16 autocast, where the LSTM returns bf16): a captured step
+        needs the same dtypes at every call."""
+        given = state
         out, state = self(z[:, None], action[:, None], state)
+        if given is not None:
+            state = (state[0].to(given[0].dtype), state[1].to(given[1].dtype))
         out = {k: v[:, 0] for k, v in out.items()}  # one step: (B, ...)
         z_next = self.sample_next(out, temperature).to(z.dtype)
         b = z.shape[0]
