@@ -241,7 +241,7 @@ def _counting(v):
 
 def _reassigning(v):
     out = v + _HELD["t"]
-    _HELD["t"] = torch.ones(4)  # a new tensor: a replay would still read the old one
+    _HELD["t"] = torch.ones(4, device=v.device)  # a new tensor: a replay reads the old one
     return out
 
 
@@ -267,7 +267,9 @@ def _one_element(v):
         (lambda v: v.nonzero().sum(), "nonzero sizes its output by the values"),
         (lambda v: v + torch.tensor(1.0), "add.Tensor reads a tensor made from host data"),
         (_one_element, "copy_ reads a tensor made from host data"),
-        (lambda v: v + torch.rand(4, generator=_GEN), "draws from a torch.Generator of its own"),
+        (lambda v: v + torch.rand(4, generator=_GEN, device=v.device),
+         "draws from a torch.Generator of its own"),
+        (lambda v: v + torch.zeros(4), r"torch.zeros\(\.\.\.\) has no device="),
         (_counting, r"kernel 1 gives aten::mul.Tensor other arguments .*argument 1: 2 at "
                     "capture, 3 now"),
         (_reassigning, "a tensor from outside the call that is not the one the capture read"),
@@ -276,8 +278,9 @@ def _one_element(v):
 )  # fmt: skip
 def test_the_simulated_capture_refuses_what_cuda_graphs_would(fn, says):
     """Under ``mode="simulate"`` the capture and every replay are audited kernel by kernel: a host
-    synchronisation, host data, an own generator, or a replay that would not repeat the
-    capture's kernels is one error naming the operation and the line that ran it."""
+    synchronisation, host data, a tensor made without a device, an own generator, or a replay
+    that would not repeat the capture's kernels is one error naming the operation and the line
+    that ran it."""
     _Counter.calls = 0
     cap = CapturedCall(fn, mode="simulate", warmup=1, name="probe")
     x = torch.randn(4).abs() + 0.5
@@ -306,7 +309,7 @@ def test_the_audit_lets_static_steps_through():
         opt.zero_grad(set_to_none=True)
         mask[:, 1] = True
         hot = torch.nn.functional.one_hot(a, 3).float()
-        loss = ((net(v) - hot).square() * mask[0, :3]).mean() + torch.rand(()) * 0
+        loss = ((net(v) - hot).square() * mask[0, :3]).mean() + torch.rand((), device=v.device) * 0
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()

@@ -29,7 +29,8 @@ repeat, and raises ``NotCapturable`` naming the operation and the line that ran 
   ``float()``, ``.tolist()``, ``.numpy()``, ``.cpu()``), an operation whose output shape depends
   on values (boolean-mask indexing, ``nonzero``, ``unique``, ``masked_select``...);
 * a tensor made from host data and read by a kernel (``torch.tensor(...)``, ``x[i] = value``
-  into one element: on CUDA a copy from the host, which waits for it), or a draw from a ``torch.Generator`` of the function's own (a CPU one is
+  into one element: on CUDA a copy from the host, which waits for it), a tensor made by a
+  factory without ``device=`` (``torch.zeros(n)``: a CPU tensor even on a GPU run), or a draw from a ``torch.Generator`` of the function's own (a CPU one is
   not replayed at all);
 * a replay that would not do what the capture did: another sequence of kernels (Python control
   flow that changed), another Python value in one (a Python number that changes from call to
@@ -260,11 +261,19 @@ def _cpu_only_check(func: Any, args: tuple, kwargs: dict) -> bool:
 
 
 class _HostCopies(TorchFunctionMode):
-    """The host reads that no kernel shows (they read memory directly): ``tolist``, ``numpy``,
-    ``cpu``, reported to ``audit``; and the functions whose host reads are a CPU's own, which it
-    runs with ``audit`` deaf to them."""
+    """What no kernel shows, reported to ``audit``: the host reads that read memory directly
+    (``tolist``, ``numpy``, ``cpu``) and tensors made without a device (on the CPU, whatever the
+    run's device); and the functions whose host reads are a CPU's own, which it runs with
+    ``audit`` deaf to them."""
 
     _READS = {Tensor.tolist: ".tolist()", Tensor.numpy: ".numpy()", Tensor.cpu: ".cpu()"}
+    # Factories that make a tensor on the default device (the CPU) unless told where: inside a
+    # captured CUDA function its kernels would run once, at capture, and never again.
+    _FACTORIES = {
+        torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.linspace,
+        torch.logspace, torch.eye, torch.rand, torch.randn, torch.randint, torch.randperm,
+        torch.empty_strided, torch.scalar_tensor,
+    }  # fmt: skip
 
     def __init__(self, audit: _Audit) -> None:
         super().__init__()
@@ -275,6 +284,11 @@ class _HostCopies(TorchFunctionMode):
         what = self._READS.get(func)
         if what is not None and self.audit.problem is None:
             self.audit._fail(f"{what} copies a tensor to the host")
+        if func in self._FACTORIES and kwargs.get("device") is None and self.audit.problem is None:
+            self.audit._fail(
+                f"torch.{func.__name__}(...) has no device= (on a GPU, a CPU tensor: a graph "
+                "replays no CPU kernel)"
+            )
         if _cpu_only_check(func, args, kwargs):
             self.audit.deaf += 1
             try:
