@@ -30,8 +30,8 @@ repeat, and raises ``NotCapturable`` naming the operation and the line that ran 
   on values (boolean-mask indexing, ``nonzero``, ``unique``, ``masked_select``...);
 * a tensor made from host data and read by a kernel (``torch.tensor(...)``, ``x[i] = value``
   into one element: on CUDA a copy from the host, which waits for it), a tensor made by a
-  factory without ``device=`` (``torch.zeros(n)``: a CPU tensor even on a GPU run), or a draw from a ``torch.Generator`` of the function's own (a CPU one is
-  not replayed at all);
+  factory without ``device=`` (``torch.zeros(n)``: a CPU tensor even on a GPU run, and a graph
+  replays no CPU kernel), or a draw from a ``torch.Generator`` of the function's own;
 * a replay that would not do what the capture did: another sequence of kernels (Python control
   flow that changed), another Python value in one (a Python number that changes from call to
   call), or a tensor from outside the call that is not the one the capture read (an attribute
