@@ -46,10 +46,10 @@ TINY = {
 HORIZON = 4
 
 
-def _world(name):
+def _world(name, device="cpu"):
     torch.manual_seed(0)
     cfg = C.resolve(env="Breakout", world=name, preset="smoke", overrides=TINY[name])
-    return build_world(cfg.world, ENV, device=torch.device("cpu")).eval()
+    return build_world(cfg.world, ENV, device=torch.device(device)).eval()
 
 
 def _agent():
@@ -337,8 +337,8 @@ def test_cuda_graphs_setting():
         graphs_enabled("yes", cpu)
 
 
-def _train(name, graphs, steps=4, lr=None, amp=False):
-    world = _world(name).train()
+def _train(name, graphs, steps=4, lr=None, amp=False, device="cpu"):
+    world = _world(name, device).train()
     torch.manual_seed(0)
     logs = []
     for stage in world.stages().values():
@@ -346,7 +346,7 @@ def _train(name, graphs, steps=4, lr=None, amp=False):
         if lr is not None:
             training = dataclasses.replace(training, lr=lr)
         trainer = StageTrainer(
-            dataclasses.replace(stage, training=training), _store(), torch.device("cpu"),
+            dataclasses.replace(stage, training=training), _store(), torch.device(device),
             seed=0, graphs=graphs, amp=amp,
         )  # fmt: skip
         logs.append(trainer.train(steps))
@@ -425,16 +425,19 @@ def test_graphed_agent_update_trains_like_the_eager_one(name):
     assert graphed._updater.graphs == "simulate" and graphed._updater._captured.captures == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_give_the_eager_results_on_cuda():
-    """On CUDA, captured (replayed) imagination and updates against eager ones under the same
-    seeds, within bf16 tolerance."""
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_cuda_graphs_give_the_eager_results_on_cuda(name):
+    """On CUDA, the actor-critic's captured (replayed) updates, imagination included, against
+    eager ones under the same seeds, in bf16, within bf16 tolerance."""
     device = torch.device("cuda")
     results = {}
     for graphs in (None, "cuda"):
+        world = _world(name, device)
         torch.manual_seed(0)
-        cfg = C.resolve(env="Breakout", world="diffusion", preset="smoke")
-        world = build_world(cfg.world, ENV, device=device).eval()
         agent = _agent().to(device).train()
         agent.config = dataclasses.replace(agent.config, num_envs=8, horizon=HORIZON)
         dream = DreamEnv(world, _store(), num_envs=8, horizon=HORIZON, device=device, seed=1,
@@ -449,6 +452,21 @@ def test_cuda_graphs_give_the_eager_results_on_cuda():
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
     for a, b in zip(la, lb, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=5e-2, abs=1e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["diffusion", "iris", "vae"])
+def test_graphed_stage_steps_train_like_eager_ones_on_cuda(name):
+    """On CUDA, every stage's step replayed from a CUDA graph (bf16) gives the eager steps'
+    weights and losses, within bf16 tolerance."""
+    eager, eager_logs = _train(name, False, amp=True, device="cuda")
+    graphed, graphed_logs = _train(name, "cuda", amp=True, device="cuda")
+    for (k, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3, msg=k)
+    for a, b in zip(eager_logs, graphed_logs, strict=True):
+        assert a.keys() == b.keys()
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
 
 
 @pytest.mark.parametrize("graphs", [None, "simulate"])
