@@ -67,6 +67,9 @@ def summarize(d: dict) -> list[str]:
         f"imagination_fullgraph: {d.get('imagination_fullgraph')}, "
         f"recompiles: {d.get('recompiles')} {d.get('fullgraph_error', '')}".rstrip()
     )
+    for key, why in d.items():
+        if key.startswith("error_"):
+            lines.append(f"FAILED {key[len('error_') :]}: {why}")
     for (w, key), target in TARGETS.items():
         if w != world:
             continue

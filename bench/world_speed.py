@@ -20,11 +20,14 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch._dynamo
@@ -147,7 +150,23 @@ def measure(
     epochs = range(1, getattr(cfg.schedule, "epochs", 0) + 1)
     projected: dict[str, float] = {}
     sb = out["stage_batch_size"]
-    for name, stage in world.stages().items():
+    horizon = getattr(agent.config, "horizon", 15)
+    b = args.batch_size
+    spares = cfg.schedule.dream_spares
+
+    def guarded(part: str, fn: Callable[[], None]) -> None:
+        """Run one part; a failure (on a GPU, a capture that CUDA refuses) is recorded as
+        ``error_<part><tag>`` and the other parts still run: one prepared GPU run reports all
+        it can."""
+        try:
+            fn()
+        except Exception as exc:  # recorded and reported; main() then exits with 1
+            key = f"error_{part}{tag}"
+            out[key] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+            print(f"{key}: {out[key]}", file=sys.stderr)
+            save()
+
+    def stage_part(name: str, stage: Any) -> None:
         if sb != "configured":
             stage = dataclasses.replace(
                 stage, training=dataclasses.replace(stage.training, batch_size=sb)
@@ -156,63 +175,61 @@ def measure(
         batch = next(trainer.batches(1))  # a fixed batch: data loading is not what is measured
         if first:
             twin = StageTrainer(copy.deepcopy(stage), store, device, seed=0, amp=amp)
-            out[f"{name}_flops_per_step"] = flops_of(lambda t=twin, x=batch: t.step(x))
+            out[f"{name}_flops_per_step"] = flops_of(lambda: twin.step(batch))
             out[f"{name}_batch_size"] = stage.training.batch_size
-        sec = timed(lambda t=trainer, x=batch: t.step(x), n, w + gw, device)
+        sec = timed(lambda: trainer.step(batch), n, w + gw, device)
         out[f"{name}_train_s_per_step{tag}"] = sec
         out[f"{name}_train_steps_per_s{tag}"] = 1.0 / sec
         projected[name] = sec * sum(stage.training.steps_in(e) for e in epochs)
         save()
 
-    # Imagination as the agent uses it: ``reset`` (new real contexts) then the agent's horizon of
-    # steps, timed over whole trajectories (a step's cost can depend on how far the trajectory
-    # has gone: the IRIS transformer's key/value cache fills up and is refreshed).
-    horizon = getattr(agent.config, "horizon", 15)
-    b = args.batch_size
-    spares = cfg.schedule.dream_spares
-    dream = DreamEnv(
-        world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
-        observes=agent.observes, spares=spares, graphs=graphs,
-    )  # fmt: skip
-    actions = torch.zeros(b, dtype=torch.long, device=device)
-    world.eval()
-    reset_s, step_s = [], []
+    def imagination_part() -> None:
+        """Imagination as the agent uses it: ``reset`` (new real contexts) then the agent's
+        horizon of steps, timed over whole trajectories (a step's cost can depend on how far the
+        trajectory has gone: the IRIS transformer's key/value cache fills up and is refreshed)."""
+        dream = DreamEnv(
+            world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
+            observes=agent.observes, spares=spares, graphs=graphs,
+        )  # fmt: skip
+        actions = torch.zeros(b, dtype=torch.long, device=device)
+        world.eval()
+        reset_s, step_s = [], []
 
-    def trajectory() -> None:
-        sync(device)
-        t0 = time.perf_counter()
-        dream.reset()
-        sync(device)
-        t1 = time.perf_counter()
-        for _ in range(horizon):
-            dream.step(actions)
-        sync(device)
-        reset_s.append(t1 - t0)
-        step_s.append((time.perf_counter() - t1) / horizon)
+        def trajectory() -> None:
+            sync(device)
+            t0 = time.perf_counter()
+            dream.reset()
+            sync(device)
+            t1 = time.perf_counter()
+            for _ in range(horizon):
+                dream.step(actions)
+            sync(device)
+            reset_s.append(t1 - t0)
+            step_s.append((time.perf_counter() - t1) / horizon)
 
-    if first:
-        fdream = DreamEnv(world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
-                          observes=agent.observes, spares=spares)  # fmt: skip
-        fdream.reset()
-        with autocast(device, amp):
-            out["imagination_flops_per_step"] = flops_of(lambda: fdream.step(actions))
-    reps = max(1, -(-n // horizon))  # whole trajectories, at least --steps steps
-    warm = 2 if graphs else 1
-    sec = timed(trajectory, reps, warm, device) / horizon
-    out[f"imagination_s_per_step{tag}"] = sec  # resets included
-    out[f"imagination_trajectory_s{tag}"] = sec * horizon  # a reset and the horizon's steps
-    out[f"imagination_frames_per_s{tag}"] = b / sec
-    out[f"imagination_step_only_s{tag}"] = sum(step_s[warm:]) / reps
-    out[f"imagination_reset_s{tag}"] = sum(reset_s[warm:]) / reps
-    save()
-    if first:
-        out["imagination_horizon"] = horizon
-        out["imagination_spares"] = spares
-        denoising = getattr(cfg.world.config, "denoising_steps", None)
-        if denoising is not None:
-            out["denoising_steps"] = denoising
+        if first:
+            fdream = DreamEnv(world, store, num_envs=b, horizon=horizon, device=device, amp=amp,
+                              observes=agent.observes, spares=spares)  # fmt: skip
+            fdream.reset()
+            with autocast(device, amp):
+                out["imagination_flops_per_step"] = flops_of(lambda: fdream.step(actions))
+        reps = max(1, -(-n // horizon))  # whole trajectories, at least --steps steps
+        warm = 2 if graphs else 1
+        sec = timed(trajectory, reps, warm, device) / horizon
+        out[f"imagination_s_per_step{tag}"] = sec  # resets included
+        out[f"imagination_trajectory_s{tag}"] = sec * horizon  # a reset and the horizon's steps
+        out[f"imagination_frames_per_s{tag}"] = b / sec
+        out[f"imagination_step_only_s{tag}"] = sum(step_s[warm:]) / reps
+        out[f"imagination_reset_s{tag}"] = sum(reset_s[warm:]) / reps
+        save()
+        if first:
+            out["imagination_horizon"] = horizon
+            out["imagination_spares"] = spares
+            denoising = getattr(cfg.world.config, "denoising_steps", None)
+            if denoising is not None:
+                out["denoising_steps"] = denoising
 
-    if getattr(agent.config, "training", None) is not None:
+    def agent_part() -> None:
         configured_envs = getattr(agent.config, "num_envs", None)
         if "num_envs" in {f.name for f in dataclasses.fields(agent.config)}:
             agent.config = dataclasses.replace(agent.config, num_envs=b)  # else fixed by the agent
@@ -243,6 +260,12 @@ def measure(
             with torch.inference_mode(), autocast(device, amp):
                 out["agent_act_per_s"] = 1.0 / timed(lambda: agent.act(obs, state, starts), n, w,
                                                      device)  # fmt: skip
+
+    for name, stage in world.stages().items():
+        guarded(name, functools.partial(stage_part, name, stage))
+    guarded("imagination", imagination_part)
+    if getattr(agent.config, "training", None) is not None:
+        guarded("agent", agent_part)
 
     if first:
         out["world_params"] = count_parameters(world)
@@ -369,7 +392,10 @@ def main(argv=None) -> int:
             else:
                 shown = f"{value:,}"
             print(f"{key:<{width}}  {shown}")
-    return 0
+    failed = [k for k in out if k.startswith("error_")]
+    if failed:
+        print(f"{len(failed)} part(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
