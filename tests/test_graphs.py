@@ -24,7 +24,7 @@ from worldmodels.build import build_world
 from worldmodels.envs.dream import DreamEnv, _clone, swap_rows_
 from worldmodels.envs.testing import BanditWorld, random_store
 from worldmodels.errors import UserError
-from worldmodels.graphs import CapturedCall, NotCapturable, graphs_enabled
+from worldmodels.graphs import CapturedCall, NotCapturable, eager_on_failure, graphs_enabled
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.sampling import sample_categorical
 from worldmodels.training import StageTrainer
@@ -320,6 +320,56 @@ def test_the_audit_lets_static_steps_through():
     losses = [float(cap(x, a)) for _ in range(6)]
     assert cap.captures == 1 and cap.replays == 4
     assert losses[-1] < losses[0]
+
+
+def test_a_failed_capture_runs_eagerly_under_auto_and_stops_under_on(monkeypatch):
+    """``run.cuda_graphs: auto`` (``eager_on_failure``): a capture that fails (on CUDA, an
+    operation capture refuses) is one line, and the function runs eagerly from then on with the
+    eager results; without it (``on``) the failure is raised."""
+    tries = []
+
+    def refuse(self, *args):
+        tries.append(self.name)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(CapturedCall, "_capture", refuse)
+
+    def fn(x):
+        return x * 2 + 1
+
+    strict = CapturedCall(fn, mode="simulate", warmup=2, name="probe")
+    with pytest.raises(RuntimeError, match="not permitted"):
+        for _ in range(3):  # two warm-ups, then the capture
+            strict(torch.ones(2))
+    lines = []
+    cap = CapturedCall(fn, mode="simulate", warmup=2, name="probe")
+    with eager_on_failure(lines.append):
+        outs = [cap(torch.full((2,), float(i))) for i in range(6)]
+    assert all(torch.equal(o, fn(torch.full((2,), float(i)))) for i, o in enumerate(outs))
+    assert tries == ["probe", "probe"]  # one try each, never again after the fallback
+    assert cap.failed.startswith("RuntimeError: operation not permitted") and cap.replays == 0
+    assert lines == [
+        "CUDA graphs off for probe: its capture failed (RuntimeError: operation not permitted "
+        "when stream is capturing); it runs eagerly from now on (run.cuda_graphs=on would stop "
+        "here)"
+    ]
+
+
+def test_a_graphed_stage_whose_capture_fails_trains_like_an_eager_one(monkeypatch):
+    """The fallback of a stage's captured step: the eager step's weights, after one line."""
+    eager, _ = _train("vae", False)
+
+    def refuse(self, *args):
+        raise RuntimeError("capture refused")
+
+    monkeypatch.setattr(CapturedCall, "_capture", refuse)
+    lines = []
+    with eager_on_failure(lines.append):
+        graphed, _ = _train("vae", "simulate")
+    assert len(lines) == 2 and all("its capture failed (RuntimeError" in ln for ln in lines)
+    for (k, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_worlds_that_do_not_declare_capture_are_refused():

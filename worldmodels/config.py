@@ -152,7 +152,8 @@ class RunConfig:
     """``torch.compile`` the hot modules of the world and agent (worth it on CUDA)."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the hot loops (imagination, the agent's update, each stage's train step) in CUDA
-    graphs and replay them: auto = on for CUDA, off on CPU (where ``on`` is an error)."""
+    graphs and replay them: auto = on for CUDA, off on CPU (where ``on`` is an error); under
+    auto a loop whose capture fails says so in one line and runs eagerly, under on it stops."""
     progress: bool = True
     """Show a progress bar with ETA on long loops."""
     plugins: tuple[str, ...] = ()

@@ -62,6 +62,7 @@ from worldmodels.errors import UserError
 Mode = Literal["cuda", "simulate"]
 
 _inside = 0  # > 0 while a CapturedCall runs its function: nested ones then call theirs directly
+_fallback: Callable[[str], None] | None = None  # set by eager_on_failure: where to say so
 
 
 @contextlib.contextmanager
@@ -72,6 +73,20 @@ def _running():
         yield
     finally:
         _inside -= 1
+
+
+@contextlib.contextmanager
+def eager_on_failure(log: Callable[[str], None]):
+    """Within: a ``CapturedCall`` whose capture fails says so in one line to ``log`` and runs its
+    function eagerly from then on (``run.cuda_graphs: auto``: graphs where they work); outside,
+    the failure is raised (``on``). The audit's ``NotCapturable`` (``mode="simulate"``, the CPU
+    tests) is always raised."""
+    global _fallback
+    before, _fallback = _fallback, log
+    try:
+        yield
+    finally:
+        _fallback = before
 
 
 def capturing() -> bool:
@@ -365,6 +380,8 @@ class CapturedCall:
         self._entries: dict[tuple, _Entry] = {}
         self.captures = 0  # graphs captured so far (one per key)
         self.replays = 0
+        self.failed: str | None = None
+        """Why a capture failed under ``eager_on_failure`` (the function then runs eagerly)."""
 
     def __deepcopy__(self, memo: dict) -> CapturedCall:
         """A copy of the function, with no graph captured yet (graphs cannot be copied)."""
@@ -376,6 +393,9 @@ class CapturedCall:
     def __call__(self, *args: Any) -> Any:
         if _inside:  # part of an enclosing captured function (e.g. a step inside an update)
             return self.fn(*args)
+        if self.failed is not None:  # its capture failed: eager from then on
+            with _running():
+                return self.fn(*args)
         leaves, spec = tree_flatten(args)
         key = _key(leaves, spec)
         entry = self._entries.get(key)
@@ -385,7 +405,16 @@ class CapturedCall:
             entry.calls += 1
             return self._eager(args)
         if entry.static_out is None:
-            self._capture(entry, args, leaves, spec)
+            try:
+                self._capture(entry, args, leaves, spec)
+            except NotCapturable:
+                raise
+            except Exception as exc:  # nothing ran (a capture records kernels): run it eagerly
+                if _fallback is None:
+                    raise
+                self._give_up(exc, _fallback)
+                with _running():
+                    return self.fn(*args)
             if self.mode == "simulate":  # the capture ran fn once: that was this call
                 self.replays += 1
                 return entry.static_out
@@ -402,6 +431,12 @@ class CapturedCall:
                     dst.copy_(src)
         self.replays += 1
         return entry.static_out
+
+    def _give_up(self, exc: Exception, log: Callable[[str], None]) -> None:
+        self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        self._entries.clear()  # their graphs and buffers are not replayed any more
+        log(f"CUDA graphs off for {self.name}: its capture failed ({self.failed}); it runs "
+            "eagerly from now on (run.cuda_graphs=on would stop here)")  # fmt: skip
 
     def _eager(self, args: tuple) -> Any:
         if self.mode != "cuda":

@@ -28,7 +28,7 @@ from worldmodels.cli import (
     use_amp,
 )
 from worldmodels.errors import UserError
-from worldmodels.graphs import graphs_enabled
+from worldmodels.graphs import eager_on_failure, graphs_enabled
 
 
 def parse(argv):
@@ -159,6 +159,8 @@ def main(argv=None) -> int:
         if distributed.active() and not args.resume:
             cfg, run = same_name_on_every_rank(cfg, run)
         graphs_enabled(cfg.run.cuda_graphs, device)  # run.cuda_graphs=on on a CPU: refused now
+        if cfg.run.cuda_graphs == "auto":  # graphs where they work: a failed capture runs eagerly
+            stack.enter_context(eager_on_failure(log))
         make_env = env_factory(cfg.env)
         probe = make_env("train", 1)
         info = env_info_of(probe)
