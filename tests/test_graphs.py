@@ -353,6 +353,12 @@ def test_a_failed_capture_runs_eagerly_under_auto_and_stops_under_on(monkeypatch
         "when stream is capturing); it runs eagerly from now on (run.cuda_graphs=on would stop "
         "here)"
     ]
+    # where the device does not run eager work after the failure, the capture's error stands
+    monkeypatch.setattr(CapturedCall, "_recovered", lambda self: False)
+    broken = CapturedCall(fn, mode="simulate", warmup=0, name="probe")
+    with eager_on_failure(lines.append), pytest.raises(RuntimeError, match="not permitted"):
+        broken(torch.ones(2))
+    assert len(lines) == 1 and broken.failed is None
 
 
 def test_a_graphed_stage_whose_capture_fails_trains_like_an_eager_one(monkeypatch):

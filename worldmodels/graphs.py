@@ -39,6 +39,9 @@ repeat, and raises ``NotCapturable`` naming the operation and the line that ran 
 
 ``torch.compile(fullgraph=True, dynamic=False)`` is the other CPU proxy: it proves there is no
 graph break and no recompilation.
+
+A capture that fails on CUDA raises, except inside ``eager_on_failure`` (``run.cuda_graphs:
+auto``): that function then says so in one line and runs eagerly from then on.
 """
 
 from __future__ import annotations
@@ -410,7 +413,7 @@ class CapturedCall:
             except NotCapturable:
                 raise
             except Exception as exc:  # nothing ran (a capture records kernels): run it eagerly
-                if _fallback is None:
+                if _fallback is None or not self._recovered():
                     raise
                 self._give_up(exc, _fallback)
                 with _running():
@@ -431,6 +434,22 @@ class CapturedCall:
                     dst.copy_(src)
         self.replays += 1
         return entry.static_out
+
+    def _recovered(self) -> bool:
+        """After a failed capture: whether the device still runs eager work. A capture that ended
+        in an error can leave the CUDA generators in their capture state; each gets a fresh copy
+        of its state (same seed and offset), then one draw and a synchronisation must work. If
+        not, the capture's own error is raised (``run.cuda_graphs=off`` then avoids it)."""
+        if self.mode != "cuda":
+            return True
+        try:
+            for gen in torch.cuda.default_generators:
+                gen.graphsafe_set_state(gen.clone_state())
+            torch.rand(1, device="cuda")
+            torch.cuda.synchronize()
+        except Exception:  # the device is not usable as it is: the capture's error says why
+            return False
+        return True
 
     def _give_up(self, exc: Exception, log: Callable[[str], None]) -> None:
         self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
