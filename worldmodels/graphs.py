@@ -436,15 +436,14 @@ class CapturedCall:
         return entry.static_out
 
     def _recovered(self) -> bool:
-        """After a failed capture: whether the device still runs eager work. A capture that ended
-        in an error can leave the CUDA generators in their capture state; each gets a fresh copy
-        of its state (same seed and offset), then one draw and a synchronisation must work. If
-        not, the capture's own error is raised (``run.cuda_graphs=off`` then avoids it)."""
+        """After a failed capture: whether the device still runs eager work, one random draw
+        and a synchronisation (a capture that ended in a CUDA error can leave the generators in
+        their capture state, and a fresh state would make the draws of graphs captured before
+        overlap with the eager ones). If not, the capture's own error is raised
+        (``run.cuda_graphs=off`` then avoids it)."""
         if self.mode != "cuda":
             return True
         try:
-            for gen in torch.cuda.default_generators:
-                gen.graphsafe_set_state(gen.clone_state())
             torch.rand(1, device="cuda")
             torch.cuda.synchronize()
         except Exception:  # the device is not usable as it is: the capture's error says why
