@@ -20,7 +20,8 @@ the real game. The registered names are thin subclasses that only choose the alg
   policies (DQN) take the greedy action, and when not ``greedy`` a uniform one with the current
   exploration rate (epsilon) in each row.
 * Randomness during ``learn()`` is SB3's: torch's and NumPy's global RNGs, which the entry point
-  seeds and every checkpoint saves. SB3's schedules (learning rate, clip range, DQN's epsilon)
+  seeds and every checkpoint saves, and the action space's own (warm-up and exploration actions),
+  seeded from the agent's seed and saved in its extra state. SB3's schedules (learning rate, clip range, DQN's epsilon)
   follow SB3's progress over cumulative timesteps with ``reset_num_timesteps=False``: a linear
   decay completes during the first call. Recurrent SB3 policies are not supported.
 
@@ -65,6 +66,7 @@ from worldmodels.errors import UserError, choices
 from worldmodels.interfaces import EnvInfo
 from worldmodels.nn.sampling import epsilon_greedy, sample_categorical
 from worldmodels.registry import AGENTS
+from worldmodels.seeding import derive_seed
 from worldmodels.training import StageTraining, mean_logs
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C, "DQN": DQN}
@@ -186,7 +188,11 @@ class SB3Agent(nn.Module):
                 _init_setup_model=False, **kwargs,
             )  # fmt: skip
             model.observation_space = obs_space
-            model.action_space = spaces.Discrete(env_info.num_actions)
+            # seeded: SB3 samples it for warm-up and exploration steps (unseeded, a gymnasium
+            # space seeds itself from the OS at its first draw, and no run would repeat)
+            model.action_space = spaces.Discrete(
+                env_info.num_actions, seed=derive_seed(seed, "sb3_action_space")
+            )
             model.n_envs = config.num_envs
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -278,7 +284,8 @@ class SB3Agent(nn.Module):
     # ----------------------------------------------------------------------------- checkpoints
 
     def get_extra_state(self) -> dict:
-        """SB3's optimizer state and counters, and the act() generator (plain data + tensors)."""
+        """SB3's optimizer state and counters, the act() generator and the action space's RNG
+        (SB3's warm-up and exploration draws), as plain data and tensors."""
         counters = {}
         for name in _COUNTERS:
             value = getattr(self.model, name, None)
@@ -286,12 +293,15 @@ class SB3Agent(nn.Module):
                 counters[name] = value.item() if isinstance(value, np.number) else value
         return {
             "generator": self.generator.get_state(),
+            "action_space": self.model.action_space.np_random.bit_generator.state,
             "optimizer": self.policy.optimizer.state_dict(),
             "counters": counters,
         }
 
     def set_extra_state(self, state: dict) -> None:
         self.generator.set_state(state["generator"].cpu())  # a map_location may have moved it
+        if "action_space" in state:  # checkpoints before it was saved: its seeded start
+            self.model.action_space.np_random.bit_generator.state = state["action_space"]
         self.policy.optimizer.load_state_dict(state["optimizer"])
         for name, value in state["counters"].items():
             setattr(self.model, name, value)

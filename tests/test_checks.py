@@ -4,6 +4,7 @@ The fakes start from the example world (which passes, tests/test_examples.py) an
 each; the messages are what a user who wrote them from docs/worlds.md would read."""
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from worldmodels.checks import check_agent, check_world
 from worldmodels.contract import ContractError
 from worldmodels.envs.testing import BanditWorld
 from worldmodels.interfaces import EnvInfo
+from worldmodels.nn.sampling import categorical_log_prob, sample_categorical
 from worldmodels.registry import AGENTS
 from worldmodels.training import StageTraining
 
@@ -344,3 +346,50 @@ def _snapshot(module):
     state = module.state_dict()
     extra = state.pop("_extra_state", {}).get("generator")
     return [t.clone() for t in state.values()] + ([extra.clone()] if extra is not None else [])
+
+
+def test_an_agent_whose_graphed_update_is_not_static_is_named():
+    """Where the world's steps replay as CUDA graphs, ``check_agent`` trains once more in a
+    simulated-capture dream: an update built with ``graphs=dream.graphs`` whose loss depends on a
+    Python number that changes from update to update (which a replay would not see) is named,
+    with the line."""
+    from worldmodels.training import Updater
+
+    base = load_example("reinforce_agent").ReinforceLinearAgent
+
+    class Annealed(base):
+        """Scales its loss by a Python float that shrinks every update."""
+
+        scale = 1.0
+
+        def train_in_imagination(self, dream):
+            if self.updater is None:
+                self.updater = Updater(self, self.config.training, torch.device("cpu"),
+                                       graphs=dream.graphs)  # fmt: skip
+            self.scale *= 0.5
+            return self.updater.update(functools.partial(self.static_loss, dream), dream.contexts())
+
+        def static_loss(self, dream, ctx):
+            obs, _ = dream.reset(ctx)
+            logps, rewards = [], []
+            for _ in range(self.config.horizon):
+                logits = self.policy(obs.float())
+                action = sample_categorical(logits)
+                obs, reward, _, _, _ = dream.step(action)
+                logps.append(categorical_log_prob(logits, action))
+                rewards.append(reward)
+            returns = torch.stack(rewards, dim=1).flip(1).cumsum(1).flip(1)  # (B, T)
+            loss = -(torch.stack(logps, dim=1) * (returns - returns.mean())).mean() * self.scale
+            return loss, {"loss": loss.detach()}
+
+    world = LatentWorld(SMALL, ENV)
+    env = dataclasses.replace(ENV, feature_dim=world.feature_dim)
+    cfg = base.Config(num_envs=4, horizon=5)
+    check_agent(base(cfg, env, seed=0), env, world=world)  # the eager example agent passes
+    message = _fails(check_agent, Annealed(cfg, env, seed=0), env, world=world)
+    assert message.startswith(
+        "agent 'reinforce_linear' (Annealed): train_in_imagination in a dream with "
+        "graphs='simulate' raised "
+        "NotCapturable: Annealed's training step cannot be replayed as a CUDA graph: kernel "
+    ), message
+    assert "(argument 1: 0.125 at capture, 0.0625 now) at tests/test_checks.py:" in message, message

@@ -547,3 +547,28 @@ def test_bf16_imagination_keeps_its_dtypes(name, graphs):
             assert now == start
     if graphs:
         assert dream._step_fn.captures == 1  # one graph for every step of both trajectories
+
+
+def test_a_graphed_updater_takes_a_new_partial_of_its_loss_each_update():
+    """``updater.update(functools.partial(loss, dream), ctx)`` written afresh in every update is
+    one loss function; another function is refused."""
+    import functools
+
+    from worldmodels.training import StageTraining, Updater
+
+    net = torch.nn.Linear(3, 1)
+    up = Updater(
+        net, StageTraining(lr=1e-2, warmup_steps=0), torch.device("cpu"), graphs="simulate"
+    )
+    scale = torch.ones(())
+
+    def loss(s, x):
+        out = (net(x) * s).square().mean()
+        return out, {"loss": out.detach()}
+
+    x = torch.randn(4, 3)
+    for _ in range(4):
+        up.update(functools.partial(loss, scale), x)
+    assert up._captured.captures == 1
+    with pytest.raises(ValueError, match="trains one loss function"):
+        up.update(functools.partial(loss, scale.clone()), x)

@@ -389,3 +389,20 @@ def test_config_mistakes_are_one_line_errors():
     agent = make_agent("sb3_ppo", num_envs=4)
     with pytest.raises(ValueError, match="num_envs=4"):
         agent.train_in_imagination(bandit_dream(num_envs=3))
+
+
+def test_the_action_space_draws_repeat_from_the_seed_and_a_checkpoint(tmp_path):
+    """SB3 samples the model's action space for its warm-up and exploration steps: seeded from the
+    agent's seed (an unseeded gymnasium space seeds itself from the OS) and saved with it."""
+
+    def draws(agent, n=32):
+        return [int(agent.model.action_space.sample()) for _ in range(n)]
+
+    a, b, c = (make_agent("sb3_dqn", "features", seed=s) for s in (7, 7, 8))
+    first = draws(a)
+    assert first == draws(b) and first != draws(c)
+    save_checkpoint(tmp_path, "c", modules={"agent": a}, state={}, meta={})
+    ahead = draws(a)
+    resumed = make_agent("sb3_dqn", "features", seed=99)
+    load_checkpoint(tmp_path / "c", {"agent": resumed})
+    assert draws(resumed) == ahead

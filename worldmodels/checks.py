@@ -37,12 +37,12 @@ def check_world(
 
 def check_agent(
     agent: Any, env_info: Any, *, world: Any = None, seed: int = 0, steps: int = 3,
-    train: bool = True,
+    train: bool = True, capture: bool = True,
 ) -> None:  # fmt: skip
     """The agent contract on ``agent``: see ``worldmodels.conformance.check_agent``."""
     from worldmodels.conformance import check_agent as run  # heavy imports, only when used
 
-    run(agent, env_info, world=world, seed=seed, steps=steps, train=train)
+    run(agent, env_info, world=world, seed=seed, steps=steps, train=train, capture=capture)
 
 
 def at_least(obj: Any, minimum: float, *names: str) -> None:

@@ -29,6 +29,7 @@ from worldmodels.envs.dream import DreamEnv, imagine_step, swap_rows_
 from worldmodels.envs.testing import BanditWorld, LinearFeatureWorld, random_store
 from worldmodels.interfaces import EnvInfo
 from worldmodels.replay import ReplayStore, SegmentSampler
+from worldmodels.seeding import global_rng_state, set_global_rng_state
 from worldmodels.training import Stage, StageTrainer, Updater
 
 BATCH = 3  # imagined rows in every check (a small odd number: no accidental broadcasting)
@@ -749,6 +750,7 @@ def check_agent(
     seed: int = 0,
     steps: int = 3,
     train: bool = True,
+    capture: bool = True,
 ) -> None:
     """Run the agent contract on ``agent`` (built for ``env_info``); raises ``ContractError``.
 
@@ -758,7 +760,11 @@ def check_agent(
     built with another seed, continues alike; and, with ``train``, one ``train_in_imagination``
     in a ``DreamEnv`` of ``world`` (default: a small test world of ``env_info``'s shape that
     exposes features for feature agents) that returns float logs and, if the agent trains
-    (``config.training``), changes its weights (on a new agent, where it can be rebuilt)."""
+    (``config.training``), changes its weights (on a new agent, where it can be rebuilt); with
+    ``capture``, where ``world`` declares ``graph_capture = True`` (its dream steps replay as
+    CUDA graphs on a GPU), the same training again in a dream with the CUDA-graph buffer
+    semantics, audited (``graphs="simulate"``; an update the agent builds with
+    ``graphs=dream.graphs`` included), must give the same weights."""
     fail = _Fail("agent", agent)
     contract.require_agent(agent)
     if not isinstance(agent, nn.Module):
@@ -834,8 +840,9 @@ def check_agent(
             )
     if train:
         _check_training(
-            fail, a if a is not None else agent, env_info, world, observes, dim, device, seed
-        )
+            fail, a if a is not None else agent, env_info, world, observes, dim, device, seed,
+            capture,
+        )  # fmt: skip
 
 
 class _PaidBandit(BanditWorld):
@@ -865,8 +872,49 @@ def _test_world(observes: str, env_info: EnvInfo, dim: int | None, device: torch
     return _PaidBandit(env_info.num_actions, shape, end_prob=0.2).to(device)
 
 
+def _graphed_updaters(agent: Any) -> bool:
+    """Whether ``agent`` holds an ``Updater`` that captures its steps (``graphs`` set)."""
+    return any(isinstance(v, Updater) and v.graphs for v in vars(agent).values())
+
+
+def _check_captured_training(
+    fail: _Fail, agent: Any, twin: Any, dreams: tuple[DreamEnv, DreamEnv], updates: int
+) -> None:
+    """``twin`` (``agent`` before its ``updates`` updates in the eager ``dreams[0]``) trains as
+    many times in ``dreams[1]``, the same dream with CUDA-graph buffer semantics and audited, and
+    must end with ``agent``'s weights. Where the twin's update is itself captured (an
+    ``Updater`` built with ``graphs=dream.graphs``), both train up to 4 updates: two warm-ups,
+    the capture and one audited replay. Starts from the global RNGs' state of ``agent``'s
+    first update (which the caller sets)."""
+    eager, simulated = dreams
+    with _phase(fail, "train_in_imagination in a dream with graphs='simulate'"):
+        for _ in range(updates):
+            twin.train_in_imagination(simulated)
+        more = max(0, 4 - updates) if _graphed_updaters(twin) else 0
+        if more:
+            resume = global_rng_state()
+            for _ in range(more):
+                twin.train_in_imagination(simulated)
+    if more:
+        set_global_rng_state(resume)
+        for _ in range(more):
+            agent.train_in_imagination(eager)
+    ours, theirs = agent.state_dict(), twin.state_dict()
+    for key, value in ours.items():
+        other = theirs[key]
+        floats = isinstance(value, Tensor) and value.is_floating_point()
+        if floats and not torch.allclose(value, other, rtol=1e-4, atol=1e-6):
+            raise fail(
+                f"trains differently (weight {key!r}) when the dream's steps, and an update "
+                "built with graphs=dream.graphs, replay as CUDA graphs (graphs='simulate'): a "
+                "captured function's next call overwrites its outputs (clone what you keep), "
+                "and a replay does not see Python state that changes between calls"
+            )
+
+
 def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, observes: str,
-                    dim: int | None, device: torch.device, seed: int) -> None:  # fmt: skip
+                    dim: int | None, device: torch.device, seed: int,
+                    capture: bool) -> None:  # fmt: skip
     torch.manual_seed(seed)  # the same draws whatever the caller's RNG (restored afterwards)
     training = contract.agent_training(agent)
     num_envs, horizon = contract.dream_size(agent) if training is not None else (2, 2)
@@ -876,11 +924,24 @@ def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, obse
         num_actions=env_info.num_actions, seed=seed,
     )  # fmt: skip
     weights = training.recency_weights if training is not None else None
-    dream = DreamEnv(world, store, num_envs=num_envs, horizon=horizon, device=device, seed=seed,
-                     observes=observes, recency_weights=weights)  # fmt: skip
+
+    def dream_of(graphs: str | None) -> DreamEnv:
+        dream = DreamEnv(world, store, num_envs=num_envs, horizon=horizon, device=device,
+                         seed=seed, observes=observes, recency_weights=weights,
+                         graphs=graphs)  # fmt: skip
+        dream.reseed(seed)  # the same contexts and draws for both dreams
+        return dream
+
+    # Where the world's steps replay as CUDA graphs, so do the dream's this agent trains in.
+    twin = copy.deepcopy(agent) if capture and contract.capture_refusal(world) is None else None
+    dream = dream_of(None)
+    # SB3 draws from NumPy's and Python's global RNGs too: the twin starts from the same ones
+    rngs = global_rng_state() if twin is not None else None
     before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, Tensor)}
     # Up to 3 updates: in a world of sparse rewards one round may see none, and learn nothing.
+    updates = 0
     for _ in range(3 if training is not None else 1):
+        updates += 1
         with _phase(fail, "train_in_imagination"):
             logs = agent.train_in_imagination(dream)
         if not isinstance(logs, dict) or not all(
@@ -892,6 +953,12 @@ def _check_training(fail: _Fail, agent: Any, env_info: EnvInfo, world: Any, obse
             break
     else:
         raise fail("has config.training, but 3 calls of train_in_imagination changed no weight")
+    if twin is not None and rngs is not None:
+        after = global_rng_state()
+        simulated = dream_of("simulate")
+        set_global_rng_state(rngs)
+        _check_captured_training(fail, agent, twin, (dream, simulated), updates)
+        set_global_rng_state(after)  # what follows draws as if the twin had not trained
     obs, _ = dream.reset()
     with torch.inference_mode(), _phase(fail, "act on the dream's observations"):
         actions, _ = agent.act(

@@ -8,6 +8,7 @@ clipping and mixed precision, and ``StageTrainer`` adds a replay sampler and the
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -242,7 +243,7 @@ class Updater:
             mode: Literal["cuda", "simulate"] = "cuda" if self.graphs == "cuda" else "simulate"
             name = f"{type(self.module).__name__}'s training step"
             self._captured = CapturedCall(self._static_step, mode=mode, name=name)
-        elif loss_fn != self._captured_loss:
+        elif not _same_function(loss_fn, self._captured_loss):
             raise ValueError("a graphed Updater trains one loss function; build another for this")
         return logs_to_floats(self._captured(x))
 
@@ -276,6 +277,22 @@ class Updater:
         self.steps = int(state["steps"])
         self.skipped = int(state.get("skipped", 0))
         self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+
+
+def _same_function(a: Callable, b: Callable | None) -> bool:
+    """``a`` and ``b`` are one function: equal (a bound method of the same object), or
+    ``functools.partial`` of it over the very same arguments (a new partial each update)."""
+    if a == b:
+        return True
+    if not (isinstance(a, functools.partial) and isinstance(b, functools.partial)):
+        return False
+    return (
+        a.func == b.func
+        and len(a.args) == len(b.args)
+        and all(x is y for x, y in zip(a.args, b.args, strict=True))
+        and a.keywords.keys() == b.keywords.keys()
+        and all(a.keywords[k] is b.keywords[k] for k in a.keywords)
+    )
 
 
 class NonFiniteTraining(UserError):
