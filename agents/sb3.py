@@ -21,9 +21,10 @@ the real game. The registered names are thin subclasses that only choose the alg
   exploration rate (epsilon) in each row.
 * Randomness during ``learn()`` is SB3's: torch's and NumPy's global RNGs, which the entry point
   seeds and every checkpoint saves, and the action space's own (warm-up and exploration actions),
-  seeded from the agent's seed and saved in its extra state. SB3's schedules (learning rate, clip range, DQN's epsilon)
-  follow SB3's progress over cumulative timesteps with ``reset_num_timesteps=False``: a linear
-  decay completes during the first call. Recurrent SB3 policies are not supported.
+  seeded from the agent's seed and saved in its extra state. SB3's schedules (learning rate,
+  clip range, DQN's epsilon) follow SB3's progress over cumulative timesteps with
+  ``reset_num_timesteps=False``: a linear decay completes during the first call. Recurrent SB3
+  policies are not supported.
 
 Adding another SB3 algorithm (it must support ``Discrete`` actions: SAC and TD3 are continuous-
 only, so not for Atari), e.g. QR-DQN from sb3-contrib::
