@@ -70,6 +70,7 @@ def _reference_stage_step(trainer, batch, b: int) -> None:
     trainer.updater.update(loss_fn, None)
 
 
+@pytest.mark.slow  # torchrun with two ranks (the fixture): seconds
 @pytest.mark.parametrize("world", W.WORLDS)
 def test_each_stage_step_on_two_ranks_equals_one_process_with_the_doubled_batch(two_ranks, world):
     from safetensors.torch import load_file
@@ -99,6 +100,7 @@ def test_each_stage_step_on_two_ranks_equals_one_process_with_the_doubled_batch(
     assert rank0_alone > 1e-2
 
 
+@pytest.mark.slow  # torchrun with two ranks (the fixture)
 def test_an_agent_update_on_two_ranks_equals_one_process_with_the_doubled_batch(
     two_ranks, monkeypatch
 ):

@@ -201,6 +201,7 @@ def test_export_main_exit_codes(run_dir, tmp_path, capsys):
     assert err.count("\n") == 0 and "is not an empty directory" in err
 
 
+@pytest.mark.slow  # a training run of train.py per kind
 @pytest.mark.parametrize("world", ["iris", "vae", None])
 def test_every_kind_of_run_exports_and_loads(world, tmp_path):
     """IRIS (pixels through its tokenizer), VAE + CMA-ES (an agent that observes features) and a

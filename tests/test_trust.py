@@ -299,6 +299,7 @@ def test_copied_run_can_be_moved_and_resumed(here, capsys):
 # ------------------------------------------------------------------ 5. a world always has data
 
 
+@pytest.mark.slow  # a whole smoke run of train.py on Pong
 def test_a_world_gets_a_finished_episode_even_when_the_collection_is_too_short(here, capsys):
     # The smoke preset collects 200 steps on 2 envs; no Pong game ends that fast.
     rc, out, err = call("train.py", "--world", "vae", "--preset", "smoke", "--env", "Pong",
