@@ -127,6 +127,17 @@ class CountsSteps(LatentWorld):
         return state, obs, reward * (1 + self.steps % 2), end
 
 
+class DriftsUnderBf16(LatentWorld):
+    """Under autocast its step returns the latent in another dtype than it was given."""
+
+    def imagine_step(self, state, action, *, render=True):
+        state, obs, reward, end = super().imagine_step(state, action, render=render)
+        z = state["z"]
+        if torch.is_autocast_enabled("cpu"):
+            z = z.bfloat16() if z.dtype == torch.float32 else z.float()
+        return {"z": z}, obs, reward, end
+
+
 class NoStages(LatentWorld):
     def stages(self):
         return {}
@@ -151,6 +162,9 @@ class NoStages(LatentWorld):
                        "graph: aten::_local_scalar_dense reads a tensor's value on the host"),
         (CountsSteps, "imagination under graphs='simulate' raised NotCapturable: imagine_step "
                       "cannot be replayed as a CUDA graph: kernel"),
+        (DriftsUnderBf16, "under bf16 autocast, imagine_step 1 returns state['z'] as "
+                          "torch.float32, given torch.bfloat16: return the state in the dtypes it "
+                          "came in"),
     ],
     ids=lambda x: x.__name__ if isinstance(x, type) else "",
 )  # fmt: skip

@@ -236,8 +236,9 @@ def check_world(
     ``reconstruct``/``hot_modules`` where present, that its own ``imagine_swap_rows_`` (if any)
     gives the trajectories of the row-wise swap, determinism under ``torch.manual_seed(seed)``
     (and ``reseed(seed)``), a checkpoint round trip into a freshly built world, ``DreamEnv`` for
-    pixel and feature agents, and, where it declares ``graph_capture = True``, that the
-    CUDA-graph buffer semantics (``graphs="simulate"``) change no trajectory; with ``compile``
+    pixel and feature agents, and, where it declares ``graph_capture = True``, that its step
+    returns the state in the dtypes it was given under bf16 autocast and that the CUDA-graph
+    buffer semantics (``graphs="simulate"``, audited) change no trajectory; with ``compile``
     also that the step compiles to one graph (``torch.compile(fullgraph=True)``, slower).
     ``store``: the replay segments to use (default: random episodes of ``env_info``'s shape)."""
     fail = _Fail("world", world)
@@ -679,8 +680,33 @@ class _CountingBackend:
         return torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
 
 
+def _check_bf16_dtypes(fail: _Fail, world: Any, store: ReplayStore, seed: int) -> None:
+    """Under bf16 autocast (the default precision on CUDA), ``imagine_step`` returns each state
+    entry in the dtype it was given: else the step after the first is another graph to capture
+    (and a compiled step recompiles)."""
+    device = _device_of(world)
+    ctx = _contexts(world, store, device, seed)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        with _phase(fail, "imagine_start under bf16 autocast"):
+            state, _ = world.imagine_start(ctx.obs, ctx.act, ctx.mask)
+        for step, action in enumerate(_actions(world, 2, device, seed), start=1):
+            with _phase(fail, "imagine_step under bf16 autocast"):
+                new, _, _, _ = world.imagine_step(state, action, render=False)
+            for key, value in new.items():
+                given = state.get(key)
+                tensors = isinstance(value, Tensor) and isinstance(given, Tensor)
+                if tensors and value.dtype != given.dtype:
+                    raise fail(
+                        f"under bf16 autocast, imagine_step {step} returns state[{key!r}] as "
+                        f"{value.dtype}, given {given.dtype}: return the state in the dtypes it "
+                        "came in (cast back), or each step needs another graph"
+                    )
+            state = new
+
+
 def _check_capture(fail: _Fail, world: Any, store: ReplayStore, seed: int, compile: bool) -> None:
     device = _device_of(world)
+    _check_bf16_dtypes(fail, world, store, seed)
     eager = _dream_run(world, store, device, seed)
     with _phase(fail, "imagination under graphs='simulate'"):
         simulated = _dream_run(world, store, device, seed, graphs="simulate")
