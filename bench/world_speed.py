@@ -40,6 +40,7 @@ from worldmodels.build import build_world_and_agent, compile_hot_modules  # noqa
 from worldmodels.cli import precision_choice, resolve_device  # noqa: E402
 from worldmodels.envs.dream import DreamEnv  # noqa: E402
 from worldmodels.envs.testing import random_store  # noqa: E402
+from worldmodels.errors import one_line  # noqa: E402
 from worldmodels.interfaces import EnvInfo  # noqa: E402
 from worldmodels.nn.blocks import count_parameters  # noqa: E402
 from worldmodels.training import StageTrainer, autocast  # noqa: E402
@@ -162,7 +163,7 @@ def measure(
             fn()
         except Exception as exc:  # recorded and reported; main() then exits with 1
             key = f"error_{part}{tag}"
-            out[key] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+            out[key] = f"{type(exc).__name__}: {one_line(str(exc))[:400]}"
             print(f"{key}: {out[key]}", file=sys.stderr)
             save()
 

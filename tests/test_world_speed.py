@@ -2,23 +2,12 @@
 every figure it promises, and a part that fails (on a GPU, a capture that CUDA refuses) is
 recorded in the JSON and the summary while every other part is still measured."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
+from test_vs_published import ROOT, _module  # loads a bench script by its path
 
 from worldmodels.graphs import CapturedCall
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _module(name: str):
-    path = ROOT / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_a_failed_capture_costs_only_its_own_figures(tmp_path, monkeypatch, capsys):
@@ -30,7 +19,7 @@ def test_a_failed_capture_costs_only_its_own_figures(tmp_path, monkeypatch, caps
     argv = ["--world", "vae", "--preset", "smoke", "--device", "cpu", "--precision", "fp32",
             "--threads", str(torch.get_num_threads()), "--steps", "1", "--batch-size", "2",
             "--graphs", "both", "--no-check-fullgraph", "--out", str(out)]  # fmt: skip
-    assert _module("world_speed").main(argv) == 1
+    assert _module(ROOT / "bench" / "world_speed.py").main(argv) == 1
     d = json.loads(out.read_text())
     for key in ("vae_train_s_per_step", "mdn_rnn_train_s_per_step", "imagination_trajectory_s",
                 "agent_update_s", "vae_flops_per_step", "agent_flops_per_update"):  # fmt: skip
@@ -42,7 +31,7 @@ def test_a_failed_capture_costs_only_its_own_figures(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "4 part(s) failed: error_vae_graphs, error_mdn_rnn_graphs" in err
 
-    _module("gpu_summary").main([str(out)])
+    _module(ROOT / "bench" / "gpu_summary.py").main([str(out)])
     summary = capsys.readouterr().out
     for part in parts:
         assert f"FAILED {part}_graphs: RuntimeError: operation not permitted" in summary

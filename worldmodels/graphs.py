@@ -60,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from worldmodels import contract
-from worldmodels.errors import UserError
+from worldmodels.errors import UserError, one_line
 
 Mode = Literal["cuda", "simulate"]
 
@@ -451,7 +451,7 @@ class CapturedCall:
         return True
 
     def _give_up(self, exc: Exception, log: Callable[[str], None]) -> None:
-        self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        self.failed = f"{type(exc).__name__}: {one_line(str(exc))[:300]}"
         self._entries.clear()  # their graphs and buffers are not replayed any more
         log(f"CUDA graphs off for {self.name}: its capture failed ({self.failed}); it runs "
             "eagerly from now on (run.cuda_graphs=on would stop here)")  # fmt: skip
