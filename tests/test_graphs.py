@@ -549,6 +549,36 @@ def test_bf16_imagination_keeps_its_dtypes(name, graphs):
         assert dream._step_fn.captures == 1  # one graph for every step of both trajectories
 
 
+def _steps_in_an_outer_autocast(graphs, updates=3):
+    """The dream stepped inside a bf16 autocast region of the caller's (an eager update's loss),
+    with the world's weights changed between updates (as its stages train)."""
+    world = _world("diffusion")
+    dream = DreamEnv(world, _store(), num_envs=3, horizon=HORIZON, device="cpu", seed=1,
+                     amp=True, graphs=graphs)  # fmt: skip
+    torch.manual_seed(0)
+    out = []
+    for _ in range(updates):
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # its cache lives until the region ends
+            out.append(dream.reset()[0])
+            for t in range(HORIZON):
+                obs, rew, term, trunc, info = dream.step(torch.tensor([t % 4, 1, 2]))
+                out += [obs, rew, term, trunc, info["final_obs"]]
+        with torch.no_grad():
+            for p in world.parameters():
+                p.mul_(1.05)
+    return out, dream
+
+
+def test_a_captured_step_casts_the_weights_itself_inside_a_callers_autocast():
+    """Autocast keeps the bf16 copies of the weights it cast until its outermost region ends: a
+    graph captured there from those copies would replay on freed, stale ones. The captured step
+    gives the eager trajectories through weight changes, its replays audited, with one graph."""
+    eager, _ = _steps_in_an_outer_autocast(None)
+    graphed, dream = _steps_in_an_outer_autocast("simulate")
+    assert _equal(eager, graphed)
+    assert dream._step_fn.captures == 1 and dream._step_fn.replays >= 2 * HORIZON
+
+
 def test_a_graphed_updater_takes_a_new_partial_of_its_loss_each_update():
     """``updater.update(functools.partial(loss, dream), ctx)`` written afresh in every update is
     one loss function; another function is refused."""

@@ -37,6 +37,13 @@ repeat, and raises ``NotCapturable`` naming the operation and the line that ran 
   call), or a tensor from outside the call that is not the one the capture read (an attribute
   reassigned between calls rather than written in place).
 
+A call may come from inside an autocast region of the caller's (an eager bf16 update whose loss
+steps a captured dream). Autocast keeps the low-precision copies of the weights it casts until
+its outermost region ends, and does not notice a weight changing in between: a graph captured
+from that cache would read copies made outside it, freed when the region ends, and never cast
+the weights again. So the cache is emptied before and after every capture and warm-up (and every
+simulated replay): the graph casts the weights it reads itself, at each replay.
+
 ``torch.compile(fullgraph=True, dynamic=False)`` is the other CPU proxy: it proves there is no
 graph break and no recompilation.
 
@@ -76,6 +83,17 @@ def _running():
         yield
     finally:
         _inside -= 1
+
+
+@contextlib.contextmanager
+def _own_casts():
+    """Within: no low-precision weight copies from a caller's autocast region, and none left to
+    it (see the module docstring)."""
+    torch.clear_autocast_cache()
+    try:
+        yield
+    finally:
+        torch.clear_autocast_cache()
 
 
 @contextlib.contextmanager
@@ -426,7 +444,7 @@ class CapturedCall:
             assert entry.graph is not None
             entry.graph.replay()
         else:  # simulate: the same buffers, computed eagerly, audited against the capture
-            with _running(), _audited(self.name, entry.trace):
+            with _running(), _own_casts(), _audited(self.name, entry.trace):
                 out = self.fn(*tree_unflatten(entry.static_in, spec))
             out_leaves, _ = tree_flatten(out)
             for dst, src in zip(entry.out_leaves, out_leaves, strict=True):
@@ -458,11 +476,11 @@ class CapturedCall:
 
     def _eager(self, args: tuple) -> Any:
         if self.mode != "cuda":
-            with _running():
+            with _running(), _own_casts():
                 return self.fn(*args)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), _running():
+        with torch.cuda.stream(side), _running(), _own_casts():
             out = self.fn(*args)
         torch.cuda.current_stream().wait_stream(side)
         return out
@@ -476,10 +494,10 @@ class CapturedCall:
         args = tree_unflatten(entry.static_in, spec)
         if self.mode == "cuda":
             entry.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(entry.graph, pool=self.pool), _running():
+            with _own_casts(), torch.cuda.graph(entry.graph, pool=self.pool), _running():
                 out = self.fn(*args)
         else:
-            with _running(), _audited(self.name) as audit:
+            with _running(), _own_casts(), _audited(self.name) as audit:
                 out = self.fn(*args)
             entry.trace = audit.trace
         entry.out_leaves, entry.out_spec = tree_flatten(out)
